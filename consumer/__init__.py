@@ -1,0 +1,1 @@
+"""The streaming scorer: Kafka in, batched inference, Kafka out."""

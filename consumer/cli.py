@@ -1,0 +1,220 @@
+"""`seqscore` command line. Heavy imports (TensorFlow, pyarrow) happen inside commands,
+so `seqscore --help` and the light commands answer in about a second."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from state.errors import ConfigError, SeqscoreError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got '{text}'") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _date(text: str) -> str:
+    from datetime import date
+
+    try:
+        date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date YYYY-MM-DD, got '{text}'") from None
+    return text
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from consumer.settings import load_settings
+
+    print(json.dumps(load_settings().masked(), indent=2))
+    return 0
+
+
+def cmd_topics(args: argparse.Namespace) -> int:
+    from consumer.settings import load_settings
+    from consumer.topics import ensure_topics
+
+    settings = load_settings()
+    created = ensure_topics(settings)
+    for name in settings.topics.names():
+        print(f"{name}\t{'created' if name in created else 'exists'}")
+    return 0
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    from state.events import json_schemas
+
+    stale = []
+    for name, schema in json_schemas().items():
+        path = args.dir / name
+        text = json.dumps(schema, indent=2, sort_keys=True) + "\n"
+        if args.check:
+            if not path.is_file() or path.read_text() != text:
+                stale.append(str(path))
+        else:
+            args.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            print(f"wrote {path}", file=sys.stderr)
+    if stale:
+        print(f"seqscore schemas: stale, run `seqscore schemas`: {', '.join(stale)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    import time
+
+    from training.simulate import simulate, summarize
+
+    if args.out is None and args.kafka_topic is None:
+        raise ConfigError("give --out PATH and/or --kafka-topic TOPIC")
+    if args.out is not None:
+        from training.history import history_format
+
+        history_format(args.out)
+    started = time.monotonic()
+    history = simulate(args.customers, seed=args.seed, start=args.start, end=args.end,
+                       activity_scale=args.activity_scale)
+    generated = time.monotonic() - started
+    print(f"simulated {history.n_events:,} events of {args.customers:,} customers in {generated:.1f}s "
+          f"({history.n_events / max(generated, 1e-9):,.0f} events/s)", file=sys.stderr)
+    if args.out is not None:
+        from training.history import history_table, profiles_table, write_table
+
+        write_table(history_table(history), args.out)
+        print(f"wrote {args.out}", file=sys.stderr)
+        if args.profiles_out is not None:
+            write_table(profiles_table(history), args.profiles_out)
+            print(f"wrote {args.profiles_out}", file=sys.stderr)
+    if args.kafka_topic is not None:
+        import time as _time
+
+        from consumer.loadgen import StreamPlan, stream
+        from consumer.settings import load_settings
+
+        settings = load_settings()
+        plan = StreamPlan(rate=args.rate, malformed=args.malformed, duplicates=args.duplicates,
+                          out_of_order=args.out_of_order, seed=args.seed,
+                          shift_to=int(_time.time()) if args.shift_to_now else None)
+        report = stream(history, args.kafka_topic, settings.kafka_config(), plan)
+        print(f"streamed {report.sent:,} records to {args.kafka_topic} in {report.seconds:.1f}s: "
+              f"{report.valid:,} valid, {sum(report.malformed.values()):,} malformed, "
+              f"{report.duplicates:,} duplicates", file=sys.stderr)
+    summary = summarize(history)
+    summary["generation_seconds"] = round(generated, 2)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: dict[str, object]) -> None:
+    per = summary["events_per_customer"]
+    acc = summary["next_action_accuracy_held_out"]
+    assert isinstance(per, dict) and isinstance(acc, dict)
+    lines = [
+        f"customers        {summary['customers']:,} ({summary['customers_with_events']:,} with events in range)",
+        f"events           {summary['events']:,}  {summary['range'][0]} .. {summary['range'][1]}",  # type: ignore[index]
+        f"per customer     p50 {per['p50']:.0f}  p90 {per['p90']:.0f}  p99 {per['p99']:.0f}  max {per['max']}  "
+        f"single {per['share_single']:.1%}  <=25 {per['share_le_25']:.1%}  >100 {per['over_100']:,}",
+        "activities       " + "  ".join(f"{k} {v:.1%}" for k, v in summary["activity_share"].items()),  # type: ignore[attr-defined]
+        f"churn rate       {summary['churn_rate_inactivity_rule']:.1%} (no activity in the last "
+        f"{summary['churn_horizon_days']} days)",
+        "next activity    held-out accuracy: " + "  ".join(f"{k} {v:.1%}" for k, v in acc.items()),
+    ]
+    print("\n".join(lines))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="seqscore", description="Streaming event scoring: next best action and churn risk.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("topics", help="create the project's Kafka topics if missing")
+    p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("schemas", help="write the contract's JSON Schemas (or --check them)")
+    p.add_argument("--dir", type=Path, default=Path("docs/schemas"))
+    p.add_argument("--check", action="store_true", help="exit 1 when the files are stale")
+    p.set_defaults(func=cmd_schemas)
+
+    p = sub.add_parser("simulate", help="generate a realistic synthetic history (file and/or Kafka)")
+    p.add_argument("--customers", type=_positive_int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--start", type=_date, default="2021-01-01")
+    p.add_argument("--end", type=_date, default="2022-06-01")
+    p.add_argument("--activity-scale", type=_non_negative_float, default=1.0,
+                   help="multiply every customer's event rate")
+    p.add_argument("--out", type=Path, help="history file, .csv or .parquet")
+    p.add_argument("--profiles-out", type=Path, help="customer profiles file, .csv or .parquet")
+    p.add_argument("--kafka-topic", help="stream the events to this topic")
+    p.add_argument("--rate", type=_non_negative_float, default=0.0, help="events/s when streaming; 0 = max")
+    p.add_argument("--malformed", type=_fraction, default=0.0, help="fraction of malformed records")
+    p.add_argument("--duplicates", type=_fraction, default=0.0, help="fraction of records sent twice")
+    p.add_argument("--out-of-order", type=_fraction, default=0.0, help="fraction of records delivered late")
+    p.add_argument("--shift-to-now", action="store_true", help="move event times so the last is now")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except SeqscoreError as exc:
+        print(f"seqscore {args.command}: {exc}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(exc, ConfigError) else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""One settings tree, read once at start-up from SEQSCORE_* variables and an optional file.
+
+Top-level names are the operators' contract (SEQSCORE_KAFKA_BOOTSTRAP, SEQSCORE_REDIS_URL,
+...). Nested groups use `__` (SEQSCORE_BATCH__MAX_BATCH); SEQSCORE_KAFKA__<option> is
+reserved for librdkafka passthrough, `_` in the option meaning `.`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from state.errors import ConfigError
+from state.events import DEFAULT_MAX_EVENT_BYTES
+
+CONFIG_FILE_ENV = "SEQSCORE_CONFIG"
+_SECRET_WORDS = ("password", "secret", "token", "key", "jaas")
+
+
+class TopicSettings(BaseModel):
+    events: str = "activity-events"
+    dlq: str = "activity-events.dlq"
+    next_actions: str = "next-actions"
+    churn_alerts: str = "churn-alerts"
+    profiles: str = "customer-profiles"
+    events_partitions: int = Field(default=12, ge=1, le=10_000)
+    output_partitions: int = Field(default=12, ge=1, le=10_000)
+    replication_factor: int = Field(default=1, ge=1, le=16)
+
+    def names(self) -> list[str]:
+        return [self.events, self.dlq, self.next_actions, self.churn_alerts, self.profiles]
+
+
+class BatchSettings(BaseModel):
+    max_batch: int = Field(default=1024, ge=1, le=65_536)
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+
+
+class StateSettings(BaseModel):
+    key_prefix: str = Field(default="seqscore", min_length=1, max_length=64)
+    window: int = Field(default=50, ge=1, le=1024, description="Raw events kept per customer.")
+    retention_days: int = Field(default=400, ge=1, le=36_500)
+    lateness_seconds: int = Field(default=7 * 86_400, ge=0)
+
+
+class OutputSettings(BaseModel):
+    top_k: int = Field(default=3, ge=1, le=64)
+    steps: int = Field(default=0, ge=0, le=16, description="Multi-step forecast length; 0 = off.")
+    churn_alert_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    churn_recovery_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    churn_cooldown_seconds: int = Field(default=7 * 86_400, ge=0)
+
+
+class Settings(BaseSettings):
+    """Effective configuration; see `seqscore config`."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="SEQSCORE_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+    )
+
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", min_length=1)
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0")
+    registry: Path = Path("./models")
+    group_id: str = Field(default="seqscore", min_length=1)
+    metrics_port: int = Field(default=9464, ge=0, le=65_535)
+    metrics_host: str = "127.0.0.1"
+    max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576)
+    processing_guarantee: str = Field(default="at_least_once", pattern="^(at_least_once|exactly_once)$")
+    kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough options.")
+    topics: TopicSettings = Field(default_factory=TopicSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    state: StateSettings = Field(default_factory=StateSettings)
+    outputs: OutputSettings = Field(default_factory=OutputSettings)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not re.match(r"^(redis|rediss|unix)://", value):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("kafka", mode="before")
+    @classmethod
+    def _librdkafka_names(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return {str(k).lower().replace("_", "."): str(v) for k, v in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _thresholds_ordered(self) -> Settings:
+        alert, recovery = self.outputs.churn_alert_threshold, self.outputs.churn_recovery_threshold
+        if alert is not None and recovery is not None and recovery > alert:
+            raise ValueError("outputs.churn_recovery_threshold must not exceed outputs.churn_alert_threshold")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = os.environ.get(CONFIG_FILE_ENV)
+        if path:
+            if path.endswith(".json"):
+                sources.append(JsonConfigSettingsSource(settings_cls, json_file=path))
+            else:
+                sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    def kafka_config(self, **extra: Any) -> dict[str, Any]:
+        """librdkafka configuration: bootstrap + passthrough + the caller's own keys."""
+        return {"bootstrap.servers": self.kafka_bootstrap, **self.kafka, **extra}
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as plain data with every secret replaced by '***'."""
+        data = self.model_dump(mode="json")
+        data["redis_url"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["redis_url"])
+        data["kafka"] = {
+            k: ("***" if any(word in k for word in _SECRET_WORDS) else v) for k, v in data["kafka"].items()
+        }
+        return data
+
+
+def _setting_name(loc: tuple[Any, ...]) -> str:
+    parts = [str(p) for p in loc if not isinstance(p, int)]
+    if not parts:
+        return "settings"
+    head, rest = parts[0].upper(), [p.upper() for p in parts[1:]]
+    return "SEQSCORE_" + "__".join([head, *rest])
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate the settings; raise ConfigError naming the one bad setting."""
+    path = os.environ.get(CONFIG_FILE_ENV)
+    if path and not Path(path).is_file():
+        raise ConfigError(f"{CONFIG_FILE_ENV}: no such config file: {path}")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        shown = first.get("input")
+        got = "" if isinstance(shown, dict) else f" (got {shown!r})"
+        raise ConfigError(f"invalid setting {_setting_name(first['loc'])}: {first['msg']}{got}") from exc
+    except ValueError as exc:  # a config file that does not parse
+        raise ConfigError(f"{CONFIG_FILE_ENV}={path}: {exc}") from exc

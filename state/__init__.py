@@ -1,0 +1,1 @@
+"""Per-customer state and the sequence encoding shared by serving and training."""

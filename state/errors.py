@@ -1,0 +1,24 @@
+"""The project's error tree: one root, one-line subclasses; invalid input carries a reason."""
+
+from __future__ import annotations
+
+
+class SeqscoreError(Exception):
+    """Root of every error seqscore raises on purpose."""
+
+
+class ConfigError(SeqscoreError):
+    """A setting, CLI argument or input file that cannot be used as given."""
+
+
+class InvalidEvent(SeqscoreError):
+    """An input record that breaks the event contract; it goes to the dead-letter topic."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class KafkaUnavailable(SeqscoreError):
+    """The broker did not answer in time, or refused a delivery."""

@@ -1,0 +1,1 @@
+"""History, labels, models, training, evaluation and the model registry."""
