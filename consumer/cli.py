@@ -113,11 +113,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         history_format(args.out)
     started = time.monotonic()
-    history = simulate(args.customers, seed=args.seed, start=args.start, end=args.end,
-                       activity_scale=args.activity_scale)
+    history = simulate(
+        args.customers, seed=args.seed, start=args.start, end=args.end, activity_scale=args.activity_scale
+    )
     generated = time.monotonic() - started
-    print(f"simulated {history.n_events:,} events of {args.customers:,} customers in {generated:.1f}s "
-          f"({history.n_events / max(generated, 1e-9):,.0f} events/s)", file=sys.stderr)
+    print(
+        f"simulated {history.n_events:,} events of {args.customers:,} customers in {generated:.1f}s "
+        f"({history.n_events / max(generated, 1e-9):,.0f} events/s)",
+        file=sys.stderr,
+    )
     if args.out is not None:
         from training.history import history_table, profiles_table, write_table
 
@@ -133,13 +137,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from consumer.settings import load_settings
 
         settings = load_settings()
-        plan = StreamPlan(rate=args.rate, malformed=args.malformed, duplicates=args.duplicates,
-                          out_of_order=args.out_of_order, seed=args.seed,
-                          shift_to=int(_time.time()) if args.shift_to_now else None)
+        plan = StreamPlan(
+            rate=args.rate,
+            malformed=args.malformed,
+            duplicates=args.duplicates,
+            out_of_order=args.out_of_order,
+            seed=args.seed,
+            shift_to=int(_time.time()) if args.shift_to_now else None,
+        )
         report = stream(history, args.kafka_topic, settings.kafka_config(), plan)
-        print(f"streamed {report.sent:,} records to {args.kafka_topic} in {report.seconds:.1f}s: "
-              f"{report.valid:,} valid, {sum(report.malformed.values()):,} malformed, "
-              f"{report.duplicates:,} duplicates", file=sys.stderr)
+        print(
+            f"streamed {report.sent:,} records to {args.kafka_topic} in {report.seconds:.1f}s: "
+            f"{report.valid:,} valid, {sum(report.malformed.values()):,} malformed, "
+            f"{report.duplicates:,} duplicates",
+            file=sys.stderr,
+        )
     summary = summarize(history)
     summary["generation_seconds"] = round(generated, 2)
     if args.json:
@@ -187,8 +199,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=_date, default="2021-01-01")
     p.add_argument("--end", type=_date, default="2022-06-01")
-    p.add_argument("--activity-scale", type=_non_negative_float, default=1.0,
-                   help="multiply every customer's event rate")
+    p.add_argument(
+        "--activity-scale", type=_non_negative_float, default=1.0, help="multiply every customer's event rate"
+    )
     p.add_argument("--out", type=Path, help="history file, .csv or .parquet")
     p.add_argument("--profiles-out", type=Path, help="customer profiles file, .csv or .parquet")
     p.add_argument("--kafka-topic", help="stream the events to this topic")
@@ -204,8 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

@@ -7,6 +7,7 @@ duplicates (the same record sent again) and out-of-order delivery (local swaps).
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from collections import Counter
@@ -21,8 +22,17 @@ from state.errors import KafkaUnavailable
 from training.simulate import CHANNELS, SimulatedHistory
 
 MALFORMED_KINDS = (
-    "bad_json", "missing_field", "wrong_type", "bad_timestamp", "no_zone", "not_utf8",
-    "too_large", "nested_attrs", "empty", "nan_attr", "not_object",
+    "bad_json",
+    "missing_field",
+    "wrong_type",
+    "bad_timestamp",
+    "no_zone",
+    "not_utf8",
+    "too_large",
+    "nested_attrs",
+    "empty",
+    "nan_attr",
+    "not_object",
 )
 
 
@@ -50,17 +60,19 @@ def event_values(history: SimulatedHistory, shift_to: int | None = None) -> Iter
     shift = 0 if shift_to is None or not history.n_events else shift_to - int(history.event_ts.max())
     names, details = history.activity_names(), history.detail_names()
     customers = history.customer_ids[history.event_customer]
-    stamps = np.char.add(
-        np.datetime_as_string((history.event_ts + shift).astype("datetime64[s]"), unit="s"), "Z"
-    )
+    stamps = np.char.add(np.datetime_as_string((history.event_ts + shift).astype("datetime64[s]"), unit="s"), "Z")
     channels = np.array(CHANNELS)[history.channel]
     for i, event_id in enumerate(history.event_ids()):
         attrs: dict[str, object] = {"channel": str(channels[i])}
         if history.amount[i] > 0:
             attrs["amount"] = float(history.amount[i])
         value = {
-            "event_id": event_id, "customer_id": str(customers[i]), "activity": str(names[i]),
-            "activity_detail": str(details[i]), "ts": str(stamps[i]), "attrs": attrs,
+            "event_id": event_id,
+            "customer_id": str(customers[i]),
+            "activity": str(names[i]),
+            "activity_detail": str(details[i]),
+            "ts": str(stamps[i]),
+            "attrs": attrs,
         }
         yield str(customers[i]).encode(), orjson.dumps(value)
 
@@ -77,7 +89,7 @@ def corrupt(value: bytes, kind: str) -> bytes:
     elif kind == "bad_timestamp":
         event["ts"] = "2021-02-30T25:61:00Z"
     elif kind == "no_zone":
-        event["ts"] = event["ts"].rstrip("Z")
+        event["ts"] = re.sub(r"(Z|[+-]\d\d:?\d\d)$", "", event["ts"])
     elif kind == "not_utf8":
         return value.replace(b'"activity":"', b'"activity":"\xff\xfe', 1)
     elif kind == "too_large":
@@ -98,9 +110,9 @@ def plan_records(history: SimulatedHistory, plan: StreamPlan, report: StreamRepo
     rng = np.random.default_rng(plan.seed + 7919)
     records = list(event_values(history, plan.shift_to))
     n = len(records)
-    for i in np.flatnonzero(rng.random(n) < plan.out_of_order):
-        j = min(n - 1, i + int(rng.integers(1, 20)))
-        records[i], records[j] = records[j], records[i]
+    for late in np.flatnonzero(rng.random(n) < plan.out_of_order).tolist():
+        swap = min(n - 1, late + int(rng.integers(1, 20)))
+        records[late], records[swap] = records[swap], records[late]
     out: list[tuple[bytes, bytes]] = []
     bad = rng.random(n) < plan.malformed
     dup = rng.random(n) < plan.duplicates

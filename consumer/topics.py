@@ -21,8 +21,9 @@ def topic_specs(settings: Settings) -> list[NewTopic]:
         NewTopic(t.dlq, num_partitions=t.events_partitions, replication_factor=rf),
         NewTopic(t.next_actions, num_partitions=t.output_partitions, replication_factor=rf),
         NewTopic(t.churn_alerts, num_partitions=t.output_partitions, replication_factor=rf),
-        NewTopic(t.profiles, num_partitions=t.events_partitions, replication_factor=rf,
-                 config={"cleanup.policy": "compact"}),
+        NewTopic(
+            t.profiles, num_partitions=t.events_partitions, replication_factor=rf, config={"cleanup.policy": "compact"}
+        ),
     ]
 
 

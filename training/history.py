@@ -25,24 +25,28 @@ def history_format(path: Path) -> str:
 def history_table(history: SimulatedHistory) -> pa.Table:
     """One row per event, oldest first, with the contract's column names."""
     amount = np.where(history.amount > 0, history.amount, np.nan)
-    return pa.table({
-        "event_id": pa.array(history.event_ids()),
-        "customer_id": pa.array(history.customer_ids[history.event_customer]),
-        "ts": pa.array(history.event_ts.astype("datetime64[s]")).cast(pa.timestamp("s", tz="UTC")),
-        "activity": pa.array(history.activity_names()),
-        "activity_detail": pa.array(history.detail_names()),
-        "channel": pa.array(np.array(CHANNELS)[history.channel]),
-        "amount": pa.array(amount, from_pandas=True),
-    })
+    return pa.table(
+        {
+            "event_id": pa.array(history.event_ids()),
+            "customer_id": pa.array(history.customer_ids[history.event_customer]),
+            "ts": pa.array(history.event_ts.astype("datetime64[s]")).cast(pa.timestamp("s", tz="UTC")),
+            "activity": pa.array(history.activity_names()),
+            "activity_detail": pa.array(history.detail_names()),
+            "channel": pa.array(np.array(CHANNELS)[history.channel]),
+            "amount": pa.array(amount, from_pandas=True),
+        }
+    )
 
 
 def profiles_table(history: SimulatedHistory) -> pa.Table:
-    return pa.table({
-        "customer_id": pa.array(history.customer_ids),
-        "signup": pa.array(history.signup.astype("datetime64[s]")).cast(pa.timestamp("s", tz="UTC")),
-        "gender": pa.array(np.array(GENDERS)[history.gender]),
-        "age_group": pa.array(np.array(AGE_GROUPS)[history.age_group]),
-    })
+    return pa.table(
+        {
+            "customer_id": pa.array(history.customer_ids),
+            "signup": pa.array(history.signup.astype("datetime64[s]")).cast(pa.timestamp("s", tz="UTC")),
+            "gender": pa.array(np.array(GENDERS)[history.gender]),
+            "age_group": pa.array(np.array(AGE_GROUPS)[history.age_group]),
+        }
+    )
 
 
 def write_table(table: pa.Table, path: Path) -> None:
@@ -57,9 +61,7 @@ def write_table(table: pa.Table, path: Path) -> None:
         for name in table.column_names:
             column = table[name]
             if pa.types.is_timestamp(column.type):
-                text = np.char.add(
-                    np.datetime_as_string(column.to_numpy().astype("datetime64[s]"), unit="s"), "Z"
-                )
+                text = np.char.add(np.datetime_as_string(column.to_numpy().astype("datetime64[s]"), unit="s"), "Z")
                 column = pa.array(text)
             columns.append(column)
         pacsv.write_csv(pa.table(columns, names=table.column_names), tmp)

@@ -1,0 +1,97 @@
+"""Shared fixtures. Integration tests use the real Kafka and Redis of deploy/stack:
+a session fixture reuses the stack named by SEQSCORE_TEST_KAFKA / SEQSCORE_TEST_REDIS
+(default: the stack's own addresses), starting it when it is down, and fails (never
+skips) when it cannot be reached. Each test gets its own topic names and key prefix."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA = os.environ.get("SEQSCORE_TEST_KAFKA", "127.0.0.1:9092")
+REDIS = os.environ.get("SEQSCORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll `condition` until it returns a truthy value, against a monotonic deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def _kafka_answers() -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    try:
+        AdminClient({"bootstrap.servers": KAFKA}).list_topics(timeout=5)
+        return True
+    except Exception:
+        return False
+
+
+def _redis_answers() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS, socket_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[dict[str, str]]:
+    """The real Kafka + Redis; started here (and stopped after) only when not running."""
+    started = False
+    if not (_kafka_answers() and _redis_answers()):
+        subprocess.run([str(REPO / "deploy" / "stack"), "up"], check=True, timeout=300)
+        started = True
+    assert _kafka_answers(), f"Kafka at {KAFKA} does not answer (deploy/stack up; deploy/stack logs kafka)"
+    assert _redis_answers(), f"Redis at {REDIS} does not answer (deploy/stack up; deploy/stack logs redis)"
+    yield {"kafka": KAFKA, "redis": REDIS}
+    if started:
+        subprocess.run([str(REPO / "deploy" / "stack"), "down"], check=False, timeout=120)
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short id for this test's topics, group and Redis key prefix."""
+    return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture
+def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """SEQSCORE_* variables pointing at the stack with topic names and prefix of this test only."""
+    env = {
+        "SEQSCORE_KAFKA_BOOTSTRAP": stack["kafka"],
+        "SEQSCORE_REDIS_URL": stack["redis"],
+        "SEQSCORE_GROUP_ID": f"seqscore-{unique}",
+        "SEQSCORE_STATE__KEY_PREFIX": f"t{unique}",
+        "SEQSCORE_TOPICS__EVENTS": f"activity-events-{unique}",
+        "SEQSCORE_TOPICS__DLQ": f"activity-events-{unique}.dlq",
+        "SEQSCORE_TOPICS__NEXT_ACTIONS": f"next-actions-{unique}",
+        "SEQSCORE_TOPICS__CHURN_ALERTS": f"churn-alerts-{unique}",
+        "SEQSCORE_TOPICS__PROFILES": f"customer-profiles-{unique}",
+        "SEQSCORE_TOPICS__EVENTS_PARTITIONS": "4",
+        "SEQSCORE_TOPICS__OUTPUT_PARTITIONS": "4",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.fspath) or "/faults/" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def promtool() -> str:
+    path = shutil.which("promtool")
+    assert path, "promtool not found (fix: apt-get install -y prometheus, or run deploy/install-deps)"
+    return path
+
+
+def test_prometheus_config_is_valid() -> None:
+    result = subprocess.run(
+        [promtool(), "check", "config", str(REPO / "deploy/prometheus/prometheus.yml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
