@@ -161,6 +161,123 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected three fractions like 0.7,0.15,0.15, got '{text}'") from None
+    if len(parts) != 3 or any(p <= 0 for p in parts) or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(f"expected three positive fractions summing to 1, got '{text}'")
+    return (parts[0], parts[1], parts[2])
+
+
+def _timestamp(text: str) -> int:
+    from datetime import UTC, datetime
+
+    try:
+        stamp = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time or date, got '{text}'") from None
+    return int((stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp())
+
+
+def _quiet_tensorflow() -> None:
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from training.model import ModelConfig
+    from training.train import TrainOptions, run
+
+    options = TrainOptions(
+        events=args.events,
+        registry=args.registry,
+        profiles=args.profiles,
+        level=args.level,
+        window=args.window,
+        horizon_days=args.churn_horizon_days,
+        split=args.split,
+        fractions=args.fractions,
+        epochs=args.epochs,
+        seed=args.seed,
+        promote=args.promote,
+        model=ModelConfig(units=args.units, layers=args.layers, batch_size=args.batch_size),
+    )
+    manifest = run(options)
+    result = {"version": manifest["version"], "promotion": manifest["promotion"], "metrics": manifest["metrics"]}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_metrics(manifest["version"], manifest["metrics"])
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from training.train import evaluate_model
+
+    result = evaluate_model(args.model, args.events, args.profiles, args.as_of, progress=True)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_metrics(result["model_version"], result)
+    return 0
+
+
+def _print_metrics(version: str, result: dict[str, object]) -> None:
+    na, ch = result["next_action"], result["churn"]
+    assert isinstance(na, dict) and isinstance(ch, dict)
+    base, cbase = na["baselines"], ch["baselines"]
+    print(f"model {version}")
+    print(
+        f"next action  accuracy {na['accuracy']:.4f}  top-3 {na['top3_accuracy']:.4f}  macro F1 "
+        f"{na['macro_f1']:.4f}  ({na['n_examples']:,} examples)"
+    )
+    print("  baselines  " + "  ".join(f"{k} {v['accuracy']:.4f}" for k, v in base.items()))
+    print(
+        f"churn        ROC AUC {ch['roc_auc']:.4f}  PR AUC {ch.get('pr_auc', float('nan')):.4f}  Brier "
+        f"{ch.get('brier', float('nan')):.4f}  threshold {ch.get('threshold', float('nan')):.3f}  "
+        f"({ch['n_examples']:,} examples)"
+    )
+    print("  baselines  " + "  ".join(f"{k} {v['roc_auc']:.4f}" for k, v in cbase.items()))
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from training.registry import Registry
+
+    registry = Registry(args.registry)
+    if args.action == "list":
+        current = registry.current()
+        for version in registry.versions():
+            manifest = registry.manifest(version)
+            m = manifest.get("metrics", {})
+            print(
+                f"{'*' if version == current else ' '} {version}  next acc "
+                f"{m.get('next_action', {}).get('accuracy', float('nan')):.4f}  churn AUC "
+                f"{m.get('churn', {}).get('roc_auc', float('nan')):.4f}  data {manifest['data']['source']}"
+            )
+        return 0
+    if args.action == "show":
+        if not args.version:
+            raise ConfigError("models show: give a VERSION")
+        manifest = registry.manifest(args.version)
+        manifest.pop("smoke", None)
+        print(json.dumps(manifest, indent=2))
+        return 0
+    if args.action == "promote":
+        if not args.version:
+            raise ConfigError("models promote: give a VERSION")
+        registry.promote(args.version, reason="manual promote")
+        print(f"CURRENT -> {args.version}")
+        return 0
+    version = registry.rollback()
+    print(f"CURRENT -> {version}")
+    return 0
+
+
 def _print_summary(summary: dict[str, object]) -> None:
     per = summary["events_per_customer"]
     acc = summary["next_action_accuracy_held_out"]
@@ -212,6 +329,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shift-to-now", action="store_true", help="move event times so the last is now")
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train next-action + churn models from history and publish a version")
+    p.add_argument("--events", required=True, help="history .csv/.parquet, or kafka://TOPIC to replay")
+    p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
+    p.add_argument("--profiles", help="customer profiles .csv/.parquet (customer_id, gender, age_group)")
+    p.add_argument("--level", choices=("coarse", "fine"), default="coarse")
+    p.add_argument("--window", type=_positive_int, default=50)
+    p.add_argument("--churn-horizon-days", type=_positive_int, default=120)
+    p.add_argument("--split", choices=("time", "customer"), default="time")
+    p.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--units", type=_positive_int, default=64, help="LSTM units")
+    p.add_argument("--layers", type=int, choices=(1, 2, 3), default=1, help="LSTM layers")
+    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument("--json", action="store_true", help="print version, promotion and metrics as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a model on a history against baselines")
+    p.add_argument("--model", type=Path, required=True, help="a version directory, or a registry (its CURRENT)")
+    p.add_argument("--events", required=True, help="history .csv/.parquet, or kafka://TOPIC")
+    p.add_argument("--profiles")
+    p.add_argument("--as-of", type=_timestamp, help="score every customer at this instant (churn on silence)")
+    p.add_argument("--json", action="store_true", help="exactly one JSON object on stdout")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("models", help="list | show VERSION | promote VERSION | rollback")
+    p.add_argument("action", choices=("list", "show", "promote", "rollback"))
+    p.add_argument("version", nargs="?")
+    p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
+    p.set_defaults(func=cmd_models)
     return parser
 
 
@@ -224,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        if getattr(args, "registry", "absent") is None:
+            from consumer.settings import load_settings
+
+            args.registry = load_settings().registry
         return func(args)
     except SeqscoreError as exc:
         print(f"seqscore {args.command}: {exc}", file=sys.stderr)

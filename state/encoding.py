@@ -137,8 +137,9 @@ def _scaled_days(seconds: NDArray[Any], scale: float) -> FloatArray:
     return np.minimum(np.log1p(days) / scale, _MAX_SCALED).astype(np.float32)
 
 
-def step_features(ts: Int64Array, codes: CodeArray, count: Int64Array, first_ts: Int64Array,
-                  spec: FeatureSpec) -> FloatArray:
+def step_features(
+    ts: Int64Array, codes: CodeArray, count: Int64Array, first_ts: Int64Array, spec: FeatureSpec
+) -> FloatArray:
     """(n, L, 3): gap since the previous event in the window, tenure, events so far."""
     real = codes != 0
     gaps = np.zeros(ts.shape, dtype=np.int64)
@@ -154,8 +155,9 @@ def step_features(ts: Int64Array, codes: CodeArray, count: Int64Array, first_ts:
     return np.where(real[..., None], out, 0.0).astype(np.float32)
 
 
-def context_features(elapsed_seconds: NDArray[Any], gender: Int64Array, age_group: Int64Array,
-                     spec: FeatureSpec) -> FloatArray:
+def context_features(
+    elapsed_seconds: NDArray[Any], gender: Int64Array, age_group: Int64Array, spec: FeatureSpec
+) -> FloatArray:
     """(..., C): elapsed time at scoring, then the profile one-hots when the model uses them."""
     elapsed = _scaled_days(elapsed_seconds, spec.gap_scale)[..., None]
     if not spec.use_profile:
@@ -188,9 +190,16 @@ def window_index(ends: Int64Array, starts: Int64Array, window: int) -> tuple[Int
     return np.where(real, idx, 0), real
 
 
-def gather_windows(ts: Int64Array, codes: CodeArray, customer_start: Int64Array, ends: Int64Array,
-                   score_ts: Int64Array, window: int, gender: Int64Array | None = None,
-                   age_group: Int64Array | None = None) -> RawWindows:
+def gather_windows(
+    ts: Int64Array,
+    codes: CodeArray,
+    customer_start: Int64Array,
+    ends: Int64Array,
+    score_ts: Int64Array,
+    window: int,
+    gender: Int64Array | None = None,
+    age_group: Int64Array | None = None,
+) -> RawWindows:
     """RawWindows for events sorted by (customer, time): window i ends at event `ends[i]`.
 
     `customer_start[k]` is the index of the first event of event k's customer; gender

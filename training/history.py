@@ -70,9 +70,19 @@ class History:
         first = np.ones(n, dtype=bool)
         first[1:] = customer[1:] != customer[:-1]
         start = np.maximum.accumulate(np.where(first, np.arange(n), 0)).astype(np.int64)
-        return History(self.customer_ids, customer, self.ts[keep], self.activity_names, self.activity[keep],
-                       self.detail_names, self.detail[keep], start, self.gender[keep], self.age_group[keep],
-                       self.source)
+        return History(
+            self.customer_ids,
+            customer,
+            self.ts[keep],
+            self.activity_names,
+            self.activity[keep],
+            self.detail_names,
+            self.detail[keep],
+            start,
+            self.gender[keep],
+            self.age_group[keep],
+            self.source,
+        )
 
 
 def _dictionary(column: pa.ChunkedArray) -> tuple[NDArray[Any], NDArray[np.int64]]:
@@ -85,8 +95,9 @@ def _dictionary(column: pa.ChunkedArray) -> tuple[NDArray[Any], NDArray[np.int64
     return values[order], rank[encoded.indices.to_numpy(zero_copy_only=False)]
 
 
-def _build(table: pa.Table, ts: NDArray[np.int64], gender: NDArray[np.int64], age_group: NDArray[np.int64],
-           source: str) -> History:
+def _build(
+    table: pa.Table, ts: NDArray[np.int64], gender: NDArray[np.int64], age_group: NDArray[np.int64], source: str
+) -> History:
     customer_ids, customer = _dictionary(table["customer_id"])
     activity_names, activity = _dictionary(table["activity"])
     detail_names, detail = _dictionary(table["activity_detail"])
@@ -96,8 +107,19 @@ def _build(table: pa.Table, ts: NDArray[np.int64], gender: NDArray[np.int64], ag
     first = np.ones(n, dtype=bool)
     first[1:] = customer[1:] != customer[:-1]
     start = np.maximum.accumulate(np.where(first, np.arange(n), 0)).astype(np.int64)
-    return History(customer_ids, customer, ts[order].astype(np.int64), activity_names, activity[order],
-                   detail_names, detail[order], start, gender[order], age_group[order], source)
+    return History(
+        customer_ids,
+        customer,
+        ts[order].astype(np.int64),
+        activity_names,
+        activity[order],
+        detail_names,
+        detail[order],
+        start,
+        gender[order],
+        age_group[order],
+        source,
+    )
 
 
 def parse_timestamps(values: NDArray[Any], what: str) -> NDArray[np.int64]:
@@ -177,7 +199,9 @@ def history_from_table(table: pa.Table, source: str, profiles: pa.Table | None =
     return _build(pa.table(columns), ts, gender, age, source)
 
 
-def _profile_columns(customer_column: pa.ChunkedArray, profiles: pa.Table) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+def _profile_columns(
+    customer_column: pa.ChunkedArray, profiles: pa.Table
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
     customers = customer_column.to_numpy(zero_copy_only=False).astype(str)
     if "customer_id" not in profiles.column_names:
         raise ConfigError("profiles: missing column 'customer_id'")
@@ -201,10 +225,8 @@ def _profile_columns(customer_column: pa.ChunkedArray, profiles: pa.Table) -> tu
 def load_history(source: str, profiles: str | None = None) -> History:
     """Read a CSV/Parquet file, or replay `kafka://TOPIC` up to its end offsets at start."""
     profile_table = read_table(Path(profiles)) if profiles else None
-    if source.startswith("kafka://"):
-        table = replay_topic(source.removeprefix("kafka://"))
-    else:
-        table = read_table(Path(source))
+    is_topic = source.startswith("kafka://")
+    table = replay_topic(source.removeprefix("kafka://")) if is_topic else read_table(Path(source))
     return history_from_table(table, source, profile_table)
 
 
@@ -217,8 +239,11 @@ def replay_topic(topic: str, timeout_s: float = 30.0) -> pa.Table:
     from state.events import decode_event
 
     settings = load_settings()
-    consumer = Consumer(settings.kafka_config(**{"group.id": f"seqscore-replay-{topic}", "enable.auto.commit": False,
-                                                  "auto.offset.reset": "earliest"}))
+    consumer = Consumer(
+        settings.kafka_config(
+            **{"group.id": f"seqscore-replay-{topic}", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
+        )
+    )
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
         if meta is None or meta.error is not None or not meta.partitions:
@@ -236,7 +261,7 @@ def replay_topic(topic: str, timeout_s: float = 30.0) -> pa.Table:
             for msg in consumer.consume(1000, 0.5):
                 if msg.error() is not None:
                     continue
-                partition, offset = msg.partition(), msg.offset()
+                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
                 if offset >= ends[partition] - 1:
                     done.add(partition)
                 if offset >= ends[partition]:
@@ -257,6 +282,7 @@ def replay_topic(topic: str, timeout_s: float = 30.0) -> pa.Table:
         consumer.close()
     table = pa.table({k: pa.array(v) for k, v in rows.items() if k != "ts"})
     return table.append_column("ts", pa.array(np.array(rows["ts"], dtype=np.int64)).cast(pa.timestamp("s", tz="UTC")))
+
 
 HISTORY_FORMATS = (".csv", ".parquet")
 

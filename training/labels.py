@@ -31,8 +31,9 @@ def next_event_ts(ts: NDArray[np.int64], seq_start: NDArray[np.bool_]) -> NDArra
     return out
 
 
-def churn_labels(score_ts: NDArray[np.int64], next_ts: NDArray[np.int64], data_end: int,
-                 horizon_days: float) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
+def churn_labels(
+    score_ts: NDArray[np.int64], next_ts: NDArray[np.int64], data_end: int, horizon_days: float
+) -> tuple[NDArray[np.float32], NDArray[np.bool_]]:
     """(label, known) for scoring at `score_ts` when the next event comes at `next_ts`.
 
     The next event must not lie before the scoring time (the caller scores within gaps).
@@ -46,8 +47,13 @@ def churn_labels(score_ts: NDArray[np.int64], next_ts: NDArray[np.int64], data_e
     return silent_long.astype(np.float32), known
 
 
-def sample_score_times(ts: NDArray[np.int64], next_ts: NDArray[np.int64], data_end: int,
-                       rng: np.random.Generator, at_event_share: float = 0.5) -> NDArray[np.int64]:
+def sample_score_times(
+    ts: NDArray[np.int64],
+    next_ts: NDArray[np.int64],
+    data_end: int,
+    rng: np.random.Generator,
+    at_event_share: float = 0.5,
+) -> NDArray[np.int64]:
     """A scoring time per event: at the event itself, or later in the silence after it
     (a silence mark with jitter, before the next event and before the end of the data)."""
     n = len(ts)
@@ -67,8 +73,9 @@ def time_split(ts: NDArray[np.int64], fractions: tuple[float, float, float]) -> 
     return t1, max(t2, t1 + 1)
 
 
-def customer_fold(customer: NDArray[np.int64], customer_ids: NDArray[np.str_],
-                  fractions: tuple[float, float, float], seed: int) -> NDArray[np.int64]:
+def customer_fold(
+    customer: NDArray[np.int64], customer_ids: NDArray[np.str_], fractions: tuple[float, float, float], seed: int
+) -> NDArray[np.int64]:
     """Per event: 0 train, 1 validation, 2 test, by a seeded draw per customer."""
     rng = np.random.default_rng(seed + 104_729)
     draw = rng.random(len(customer_ids))

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import numpy as np
+
+from state.encoding import DAY
+from training.labels import NO_NEXT, churn_labels, next_event_ts, sample_score_times, time_split, training_chunks
+
+D = int(DAY)
+
+
+def test_churn_label_rules() -> None:
+    score = np.array([0, 0, 0, 0, 50 * D])
+    nxt = np.array([10 * D, 130 * D, NO_NEXT, NO_NEXT, NO_NEXT])
+    end = 200 * D
+    label, known = churn_labels(score, nxt, end, 120)
+    assert label.tolist()[:3] == [0, 1, 1]  # returns; comes back too late; silent to the end
+    assert known.tolist() == [True, True, True, True, True]
+    label, known = churn_labels(np.array([150 * D]), np.array([NO_NEXT]), end, 120)
+    assert not known[0], "silent but the data ends before the horizon: censored, never churn"
+    label, known = churn_labels(np.array([150 * D]), np.array([160 * D]), end, 120)
+    assert known[0] and label[0] == 0, "a return inside the data is known even near the end"
+
+
+def test_events_at_or_after_the_data_end_are_unseen() -> None:
+    label, known = churn_labels(np.array([0]), np.array([100 * D]), 50 * D, 30)
+    assert known[0] and label[0] == 1
+
+
+def test_next_event_ts_stops_at_each_customer() -> None:
+    ts = np.array([1, 2, 3, 10, 11])
+    start = np.array([True, False, False, True, False])
+    assert next_event_ts(ts, start).tolist() == [2, 3, NO_NEXT, 11, NO_NEXT]
+
+
+def test_score_times_fall_in_the_silence_after_each_event() -> None:
+    rng = np.random.default_rng(0)
+    ts = np.arange(0, 1000) * 5 * D
+    nxt = np.append(ts[1:], NO_NEXT)
+    end = int(ts[-1] + 400 * D)
+    score = sample_score_times(ts, nxt, end, rng)
+    assert (score >= ts).all() and (score < np.minimum(nxt, end)).all()
+    assert 0.3 < (score == ts).mean() < 0.8
+    assert (score[-1] - ts[-1]) >= 0
+
+
+def test_every_event_is_a_training_target_once() -> None:
+    lengths = [1, 3, 20, 57, 120]
+    start = np.concatenate([np.full(n, sum(lengths[:i])) for i, n in enumerate(lengths)])
+    window = 20
+    chunks = training_chunks(start, window)
+    hits = np.zeros(len(start), dtype=int)
+    for end, first in zip(chunks.ends, chunks.first_loss, strict=True):
+        positions = end - (window - 1) + np.arange(window)
+        valid = positions >= start[end]
+        trained = positions[valid & (np.arange(window) >= first)]
+        hits[trained] += 1
+    assert (hits == 1).all()
+
+
+def test_time_split_orders_the_cuts() -> None:
+    t1, t2 = time_split(np.arange(1000), (0.7, 0.15, 0.15))
+    assert 690 <= t1 <= 710 and 840 <= t2 <= 860

@@ -1,0 +1,127 @@
+"""The model registry: one directory per version (model.keras + manifest.json + report), and a
+CURRENT pointer switched atomically (a symlink replaced by rename; a one-line text file naming
+the version directory is read too). promotions.log keeps the order of promotions for rollback."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from state.errors import ConfigError
+
+CURRENT = "CURRENT"
+MODEL_FILE = "model.keras"
+MANIFEST_FILE = "manifest.json"
+PROMOTIONS = "promotions.log"
+
+
+class Registry:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name
+            for p in self.root.iterdir()
+            if p.is_dir() and not p.is_symlink() and not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+        )
+
+    def path(self, version: str) -> Path:
+        path = self.root / version
+        if not (path / MANIFEST_FILE).is_file():
+            raise ConfigError(f"no model version {version!r} in {self.root}")
+        return path
+
+    def manifest(self, version: str) -> dict[str, Any]:
+        return json.loads((self.path(version) / MANIFEST_FILE).read_text())
+
+    def current(self) -> str | None:
+        pointer = self.root / CURRENT
+        if pointer.is_symlink():
+            return Path(os.readlink(pointer)).name
+        if pointer.is_file():
+            name = pointer.read_text().strip()
+            return Path(name).name or None
+        return None
+
+    def staging_dir(self, version: str) -> Path:
+        """A hidden directory to write a new version into; publish() moves it in place."""
+        staging = self.root / f".staging-{version}"
+        if staging.exists():
+            shutil.rmtree(staging)
+        staging.mkdir(parents=True)
+        return staging
+
+    def publish(self, staging: Path, version: str) -> Path:
+        """Move a finished version into the registry in one rename: nothing half-written is visible."""
+        final = self.root / version
+        if final.exists():
+            raise ConfigError(f"model version {version} exists already in {self.root}")
+        staging.rename(final)
+        return final
+
+    def promote(self, version: str, reason: str = "") -> None:
+        """Point CURRENT at `version` atomically and log it."""
+        self.path(version)
+        tmp = self.root / f".{CURRENT}.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        tmp.symlink_to(version)
+        os.replace(tmp, self.root / CURRENT)
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with (self.root / PROMOTIONS).open("a") as log:
+            log.write(f"{stamp}\t{version}\t{reason}\n")
+
+    def promotion_stack(self) -> list[str]:
+        """Promoted versions, oldest first, with rolled-back ones popped off."""
+        log = self.root / PROMOTIONS
+        stack: list[str] = []
+        lines = log.read_text().splitlines() if log.is_file() else []
+        for line in lines:
+            fields = line.split("\t")
+            if len(fields) < 2:
+                continue
+            if len(fields) > 2 and fields[2].startswith("rollback") and stack:
+                stack.pop()
+                continue
+            stack.append(fields[1])
+        return stack
+
+    def rollback(self) -> str:
+        """Return CURRENT to the version promoted before the current one."""
+        stack = self.promotion_stack()
+        available = set(self.versions())
+        while len(stack) >= 2:
+            target = stack[-2]
+            if target in available:
+                self.promote(target, reason=f"rollback from {stack[-1]}")
+                return target
+            stack.pop(-2)  # deleted since: skip it
+        raise ConfigError("nothing to roll back to: no earlier promoted version")
+
+
+def resolve_model_dir(path: Path) -> Path:
+    """A version directory, or a registry meaning its CURRENT version."""
+    path = Path(path)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    registry = Registry(path)
+    current = registry.current()
+    if current is None:
+        raise ConfigError(f"{path}: neither a model version directory nor a registry with a {CURRENT} version")
+    return registry.path(current)
+
+
+def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """(serving model, manifest) of a version, loaded in Keras safe mode (no code from the file)."""
+    import keras
+
+    manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
+    return model, manifest

@@ -1,0 +1,503 @@
+"""`seqscore train`: history -> vocabulary and scaling -> windows and labels -> LSTM ->
+evaluation against baselines on the held-out split -> a new registry version (+ promotion).
+
+Splits: `time` (default) trains on events before T1, stops early on [T1, T2) and tests on
+events from T2 on, with earlier history as context, as in production; `customer` splits
+customers 70/15/15. Nothing reaches the registry until the version is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from state.encoding import DAY, FeatureSpec, context_features, step_features, window_index
+from state.errors import ConfigError
+from training.evaluate import (
+    ScoringSet,
+    class_of_tokens,
+    evaluate_points,
+    predict,
+    prefix_set,
+)
+from training.history import History, load_history
+from training.labels import churn_labels, customer_fold, next_event_ts, sample_score_times, time_split, training_chunks
+from training.metrics import best_f1_threshold
+from training.model import ModelConfig, build_models
+from training.registry import MANIFEST_FILE, MODEL_FILE, Registry, load_model, resolve_model_dir
+
+MAX_VOCABULARY = 1000
+RECOVERY_RATIO = 0.8  # recovery threshold = alert threshold x this (hysteresis)
+
+
+@dataclass
+class TrainOptions:
+    events: str
+    registry: Path
+    profiles: str | None = None
+    level: str = "coarse"
+    window: int = 50
+    horizon_days: float = 120.0
+    split: str = "time"
+    fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    epochs: int = 10
+    seed: int = 0
+    promote: str = "auto"
+    patience: int = 2
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_spec(history: History, level: str, window: int, use_profile: bool) -> FeatureSpec:
+    """Vocabulary (most frequent first) and scaling constants from the training events."""
+    names, index = history.names(level)
+    counts = np.bincount(index, minlength=len(names))
+    order = np.argsort(-counts, kind="stable")[:MAX_VOCABULARY]
+    vocabulary = tuple(str(names[i]) for i in order if counts[i] > 0)
+    same = ~history.seq_start[1:]
+    gaps = np.diff(history.ts)[same] / DAY if len(history) > 1 else np.zeros(1)
+    tenure = (history.ts - history.ts[history.customer_start]) / DAY
+    count = np.arange(len(history)) - history.customer_start + 1
+
+    def scale(values: NDArray[Any]) -> float:
+        return float(max(np.log1p(np.percentile(values, 99)) if len(values) else 1.0, np.log1p(1.0)))
+
+    return FeatureSpec(
+        window=window,
+        level=level,
+        vocabulary=vocabulary,
+        gap_scale=scale(gaps),
+        tenure_scale=scale(tenure),
+        count_scale=scale(count),
+        use_profile=use_profile,
+    )
+
+
+@dataclass(frozen=True)
+class Period:
+    """Which events carry loss for one head, and the end of the data its labels may use."""
+
+    label_end: int
+    loss_from: int | None = None
+    loss_until: int | None = None
+
+    def mask(self, ts: NDArray[np.int64]) -> NDArray[np.bool_]:
+        keep = np.ones(ts.shape, dtype=bool)
+        if self.loss_from is not None:
+            keep &= ts >= self.loss_from
+        if self.loss_until is not None:
+            keep &= ts < self.loss_until
+        return keep
+
+
+def training_arrays(
+    history: History,
+    spec: FeatureSpec,
+    next_period: Period,
+    churn_period: Period,
+    horizon_days: float,
+    rng: np.random.Generator,
+) -> tuple[dict[str, Any], ...]:
+    """(inputs, targets, sample weights) of chunked windows; each event is a target once.
+
+    Each head learns from the events its Period selects, with labels from the events before
+    its `label_end`; earlier history still serves as context.
+    """
+    window = spec.window
+    chunks = training_chunks(history.customer_start, window)
+    tokens_all = spec.tokens(history.codes(spec.level))
+    codes_all = history.codes(spec.level)
+    nxt = next_event_ts(history.ts, history.seq_start)
+    score = sample_score_times(history.ts, nxt, churn_period.label_end, rng)
+    next_class = np.where(nxt < next_period.label_end, class_of_tokens(np.append(tokens_all[1:], 0)), -1)
+    churn, known = churn_labels(score, nxt, churn_period.label_end, horizon_days)
+
+    starts = history.customer_start[chunks.ends]
+    idx, real = window_index(chunks.ends, starts, window)
+    loss = real & (np.arange(window)[None, :] >= chunks.first_loss[:, None])
+    ts = np.where(real, history.ts[idx], 0)
+    codes = np.where(real, codes_all[idx], 0).astype(np.uint32)
+    count = chunks.ends - starts + 1
+    inputs = {
+        "tokens": np.where(real, tokens_all[idx], 0).astype(np.int32),
+        "steps": step_features(ts, codes, count, history.ts[starts], spec),
+        "context": context_features(
+            np.where(real, score[idx] - history.ts[idx], 0), history.gender[idx], history.age_group[idx], spec
+        ),
+    }
+    w_next = loss & (next_class[idx] >= 0) & next_period.mask(history.ts[idx])
+    w_churn = loss & known[idx] & churn_period.mask(history.ts[idx])
+    targets = {
+        "next": np.where(w_next, next_class[idx], 0).astype(np.int32),
+        "churn": np.where(w_churn, churn[idx], 0).astype(np.float32)[..., None],
+    }
+    weights = {"next": w_next.astype(np.float32), "churn": w_churn.astype(np.float32)}
+    return inputs, targets, weights
+
+
+def _fit(
+    spec: FeatureSpec, options: TrainOptions, train: tuple[dict[str, Any], ...], val: tuple[dict[str, Any], ...]
+) -> tuple[Any, Any, dict[str, list[float]]]:
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(options.seed)
+    tf.config.experimental.enable_op_determinism()
+    train_model, serve_model = build_models(spec, options.model)
+    steps_per_epoch = max(1, int(np.ceil(len(train[0]["tokens"]) / options.model.batch_size)))
+    schedule = keras.optimizers.schedules.ExponentialDecay(
+        options.model.learning_rate, steps_per_epoch, options.model.lr_decay
+    )
+    train_model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss={"next": "sparse_categorical_crossentropy", "churn": "binary_crossentropy"},
+        loss_weights={"next": 1.0, "churn": options.model.churn_loss_weight},
+        weighted_metrics={"next": ["sparse_categorical_accuracy"]},
+    )
+    n_targets = float(train[2]["next"].sum())
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            took = time.monotonic() - self.started
+            log(
+                f"  epoch {epoch + 1}/{options.epochs}: loss {logs.get('loss', float('nan')):.4f} "
+                f"val_loss {logs.get('val_loss', float('nan')):.4f} next acc "
+                f"{logs.get('next_sparse_categorical_accuracy', float('nan')):.4f} / val "
+                f"{logs.get('val_next_sparse_categorical_accuracy', float('nan')):.4f}  "
+                f"{took:.0f}s ({n_targets / max(took, 1e-9):,.0f} events/s)"
+            )
+
+    fitted = train_model.fit(
+        train[0],
+        train[1],
+        sample_weight=train[2],
+        validation_data=val,
+        epochs=options.epochs,
+        batch_size=options.model.batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=[
+            Progress(),
+            keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True),
+        ],
+    )
+    return train_model, serve_model, {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+
+
+def scoring_points(
+    history: History,
+    spec: FeatureSpec,
+    events: NDArray[np.bool_],
+    next_end: int,
+    churn_end: int,
+    horizon_days: float,
+    next_from: int | None = None,
+    churn_range: tuple[int, int] | None = None,
+) -> ScoringSet:
+    """Scoring points at the selected events; each head keeps only the labels of its own period."""
+    points = prefix_set(history, spec, events, next_end, horizon_days)
+    if churn_end != next_end:
+        churn_view = prefix_set(history, spec, events, churn_end, horizon_days)
+        points.churn_label, points.churn_known = churn_view.churn_label, churn_view.churn_known
+    ts = history.ts[points.ends]
+    if next_from is not None:
+        points.next_class = np.where(ts >= next_from, points.next_class, -1)
+    if churn_range is not None:
+        points.churn_known = points.churn_known & (ts >= churn_range[0]) & (ts < churn_range[1])
+    return points
+
+
+def _code_version() -> str:
+    from importlib.metadata import version
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return f"{version('seqscore')}{'+' + commit if commit else ''}"
+
+
+def _iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _smoke_sample(model: Any, spec: FeatureSpec, history: History, points: ScoringSet) -> dict[str, Any]:
+    """A few scoring points and their outputs: serving re-checks them after loading a model."""
+    from state.encoding import encode, gather_windows
+
+    take = points.subset(np.isin(np.arange(len(points)), np.linspace(0, len(points) - 1, 8).astype(int)))
+    raw = gather_windows(
+        history.ts,
+        history.codes(spec.level),
+        history.customer_start,
+        take.ends,
+        take.score_ts,
+        spec.window,
+        history.gender,
+        history.age_group,
+    )
+    inputs = encode(raw, spec)
+    out = model.predict_on_batch(inputs)
+    return {
+        "inputs": {k: v.tolist() for k, v in inputs.items()},
+        "next": np.asarray(out["next"]).round(6).tolist(),
+        "churn": np.asarray(out["churn"]).reshape(-1).round(6).tolist(),
+    }
+
+
+def _decide_promotion(
+    options: TrainOptions,
+    registry: Registry,
+    result: dict[str, Any],
+    history: History,
+    test_points_for: Callable[[FeatureSpec], ScoringSet],
+    folds: list[dict[str, Any]],
+) -> tuple[bool, str]:
+    if options.promote == "never":
+        return False, "--promote never"
+    if options.promote == "always":
+        return True, "--promote always"
+    current = registry.current()
+    if current is None:
+        return True, "no current model"
+    model, manifest = load_model(registry.path(current))
+    spec = FeatureSpec.from_dict(manifest["features"])
+    points = test_points_for(spec)
+    threshold = manifest["churn"]["alert_threshold"]
+    theirs = evaluate_points(model, spec, history, points, threshold, folds, options.horizon_days)
+    ours_acc, theirs_acc = result["next_action"]["accuracy"], theirs["next_action"]["accuracy"]
+    ours_auc, theirs_auc = result["churn"]["roc_auc"], theirs["churn"]["roc_auc"]
+    verdict = (
+        f"next-action accuracy {ours_acc:.4f} vs current {current} {theirs_acc:.4f}, "
+        f"churn ROC AUC {ours_auc:.4f} vs {theirs_auc:.4f} on the same test data"
+    )
+    if ours_acc >= theirs_acc and ours_auc >= theirs_auc:
+        return True, f"not worse: {verdict}"
+    return False, f"worse: {verdict}"
+
+
+def run(options: TrainOptions) -> dict[str, Any]:
+    """Train, evaluate, publish; returns the new version's manifest."""
+    started = time.monotonic()
+    history = load_history(options.events, options.profiles)
+    first, last = history.time_range()
+    data_end = last + 1
+    log(
+        f"loaded {len(history):,} events of {len(history.customer_ids):,} customers from {options.events} "
+        f"({_iso(first)} .. {_iso(last)})"
+    )
+    rng = np.random.default_rng(options.seed)
+    fractions = options.fractions
+
+    horizon = int(options.horizon_days * DAY)
+    if options.split == "time":
+        # next action tests on the latest events; churn labels need `horizon` of data after the
+        # scoring time, so churn gets its own cuts inside [first event, end - horizon)
+        t1, t2 = time_split(history.ts, fractions)
+        observable = history.ts[history.ts < data_end - horizon]
+        if len(observable) == 0:
+            raise ConfigError(
+                f"{options.events}: the data spans less than the churn horizon "
+                f"({options.horizon_days:g} days); use --churn-horizon-days"
+            )
+        c1, c2 = time_split(observable, fractions)
+        c1, c2 = min(c1, t1), min(c2, t2)
+        train_hist = history.select(history.ts < t1)
+        val_hist = history.select(history.ts < t2)
+        train_periods = (Period(label_end=t1), Period(label_end=c1))
+        val_periods = (Period(label_end=t2, loss_from=t1), Period(label_end=data_end, loss_from=c1, loss_until=c2))
+        test_events = history.ts >= min(t2, c2)
+        val_events = (history.ts >= min(t1, c1)) & (history.ts < t2)
+        val_next_end, val_churn_end = t2, data_end
+        fit_events = next_event_ts(history.ts, history.seq_start) < t2
+        fit_customers = np.ones(len(history.customer_ids), dtype=bool)
+        baseline_end = c2
+        cuts: dict[str, Any] = {
+            "next_action": {"train_before": _iso(t1), "test_from": _iso(t2)},
+            "churn": {"train_before": _iso(c1), "test_from": _iso(c2), "test_until": _iso(data_end - horizon)},
+        }
+    else:
+        fold = customer_fold(history.customer, history.customer_ids, fractions, options.seed)
+        train_hist, val_hist = history.select(fold == 0), history.select(fold == 1)
+        train_periods = val_periods = (Period(label_end=data_end), Period(label_end=data_end))
+        test_events, val_events = fold == 2, fold == 1
+        val_next_end = val_churn_end = data_end
+        t2 = c2 = int(history.ts.min())
+        fit_events = fold != 2
+        fit_customers = np.zeros(len(history.customer_ids), dtype=bool)
+        fit_customers[history.customer[fold != 2]] = True
+        baseline_end = data_end
+        cuts = {}
+    if len(train_hist) == 0 or not test_events.any():
+        raise ConfigError(f"{options.events}: too little data for a {options.split} split {fractions}")
+
+    use_profile = bool((history.gender >= 0).any() or (history.age_group >= 0).any())
+    spec = build_spec(train_hist, options.level, options.window, use_profile)
+    log(
+        f"vocabulary: {spec.n_classes} activities at level {options.level}; window {spec.window}; "
+        f"profile features {'on' if use_profile else 'off'}"
+    )
+    train = training_arrays(train_hist, spec, *train_periods, options.horizon_days, rng)
+    val = training_arrays(val_hist, spec, *val_periods, options.horizon_days, rng)
+    n_train = int(train[2]["next"].sum())
+    log(
+        f"training on {len(train[0]['tokens']):,} windows ({n_train:,} next-action targets, "
+        f"{int(train[2]['churn'].sum()):,} churn targets); validating on {int(val[2]['next'].sum()):,}"
+    )
+
+    fit_started = time.monotonic()
+    _, serve_model, curves = _fit(spec, options, train, val)
+    fit_seconds = time.monotonic() - fit_started
+    epochs_run = len(curves.get("loss", []))
+
+    val_points = scoring_points(
+        history,
+        spec,
+        val_events,
+        val_next_end,
+        val_churn_end,
+        options.horizon_days,
+        next_from=t1 if options.split == "time" else None,
+        churn_range=(c1, c2) if options.split == "time" else None,
+    )
+    _, val_risk = predict(serve_model, spec, history, val_points)
+    known = val_points.churn_known
+    threshold, val_f1 = best_f1_threshold(val_points.churn_label[known], val_risk[known])
+    log(f"churn alert threshold {threshold:.3f} (best F1 {val_f1:.3f} on validation)")
+
+    def test_points_for(model_spec: FeatureSpec) -> ScoringSet:
+        return scoring_points(
+            history,
+            model_spec,
+            test_events,
+            data_end,
+            data_end,
+            options.horizon_days,
+            next_from=t2 if options.split == "time" else None,
+            churn_range=(c2, data_end) if options.split == "time" else None,
+        )
+
+    test_points = test_points_for(spec)
+    folds = [
+        {
+            "fit_events": fit_events,
+            "fit_points": val_points,
+            "fit_customers": fit_customers,
+            "fit_at": baseline_end,
+            "predict": np.ones(len(test_points), dtype=bool),
+        }
+    ]
+    log(f"evaluating on {len(test_points):,} held-out scoring points ...")
+    result = evaluate_points(serve_model, spec, history, test_points, threshold, folds, options.horizon_days)
+    curves_for_plot = result.pop("_curves")
+
+    registry = Registry(options.registry)
+    version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    while (registry.root / version).exists():
+        version += "a"
+    staging = registry.staging_dir(version)
+    serve_model.save(staging / MODEL_FILE)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    manifest: dict[str, Any] = {
+        "format": 1,
+        "version": version,
+        "created_at": _iso(int(time.time())),
+        "code_version": _code_version(),
+        "model_file": MODEL_FILE,
+        "data": {
+            "source": options.events,
+            "events": len(history),
+            "customers": len(history.customer_ids),
+            "start": _iso(first),
+            "end": _iso(last),
+        },
+        "features": spec.to_dict(),
+        "churn": {
+            "horizon_days": options.horizon_days,
+            "alert_threshold": round(threshold, 6),
+            "recovery_threshold": round(threshold * RECOVERY_RATIO, 6),
+        },
+        "training": {
+            "split": options.split,
+            "fractions": list(fractions),
+            "cuts": cuts,
+            "epochs": options.epochs,
+            "epochs_run": epochs_run,
+            "seed": options.seed,
+            "model": options.model.to_dict(),
+            "seconds": round(fit_seconds, 1),
+            "events_per_second": round(n_train * epochs_run / fit_seconds),
+            "total_seconds": round(time.monotonic() - started, 1),
+            "peak_rss_mb": round(peak_rss_mb),
+            "windows": len(train[0]["tokens"]),
+            "targets": n_train,
+        },
+        "metrics": result,
+        "smoke": _smoke_sample(serve_model, spec, history, test_points),
+    }
+    from training.report import write_report
+
+    write_report(staging, manifest, result, curves_for_plot, curves)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
+    promote, reason = _decide_promotion(options, registry, result, history, test_points_for, folds)
+    registry.publish(staging, version)
+    if promote:
+        registry.promote(version, reason)
+    log(f"published {registry.root / version}; {'promoted' if promote else 'not promoted'}: {reason}")
+    manifest["promotion"] = {"promoted": promote, "reason": reason}
+    return manifest
+
+
+def evaluate_model(
+    model_path: Path, events: str, profiles: str | None, as_of: int | None, progress: bool = True
+) -> dict[str, Any]:
+    """`seqscore evaluate`: any model on any history, baselines cross-fitted by customer halves."""
+    from training.evaluate import as_of_set, crossfit_folds
+
+    model_dir = resolve_model_dir(model_path)
+    model, manifest = load_model(model_dir)
+    spec = FeatureSpec.from_dict(manifest["features"])
+    horizon = float(manifest["churn"]["horizon_days"])
+    history = load_history(events, profiles)
+    data_end = int(history.ts.max()) + 1
+    if as_of is None:
+        points = prefix_set(history, spec, np.ones(len(history), dtype=bool), data_end, horizon)
+    else:
+        points = as_of_set(history, spec, as_of, horizon)
+        if len(points) == 0:
+            raise ConfigError(f"--as-of {_iso(as_of)}: no customer has an event before it")
+    if progress:
+        log(f"evaluating {manifest['version']} on {len(points):,} scoring points of {events}")
+    folds = crossfit_folds(history, points, data_end if as_of is None else as_of)
+    result = evaluate_points(
+        model, spec, history, points, manifest["churn"]["alert_threshold"], folds, horizon, progress=progress
+    )
+    result.pop("_curves")
+    result["model_version"] = manifest["version"]
+    if as_of is not None:
+        result["as_of"] = _iso(as_of)
+    return result
