@@ -339,7 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--churn-horizon-days", type=_positive_int, default=120)
     p.add_argument("--split", choices=("time", "customer"), default="time")
     p.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
-    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument(
+        "--epochs",
+        type=_positive_int,
+        default=None,
+        help="maximum epochs (default: sized to the data, 8-60; early stopping on validation loss)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
     p.add_argument("--units", type=_positive_int, default=64, help="LSTM units")

@@ -178,6 +178,18 @@ def _check_text(table: pa.Table, name: str, what: str) -> None:
         raise ConfigError(f"{what}: row {row + 1}: empty {name}")
 
 
+def _drop_repeated_event_ids(table: pa.Table) -> pa.Table:
+    """Keep the first row of each event_id (producer retries, replays), as the scorer does."""
+    if "event_id" not in table.column_names or table["event_id"].null_count == table.num_rows:
+        return table
+    ids = pc.dictionary_encode(table["event_id"].combine_chunks()).indices.to_numpy(zero_copy_only=False)
+    ids = np.where(table["event_id"].is_null().to_numpy(zero_copy_only=False), -1 - np.arange(len(ids)), ids)
+    _, first = np.unique(ids, return_index=True)
+    if len(first) == table.num_rows:
+        return table
+    return table.take(pa.array(np.sort(first)))
+
+
 def history_from_table(table: pa.Table, source: str, profiles: pa.Table | None = None) -> History:
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
@@ -186,6 +198,7 @@ def history_from_table(table: pa.Table, source: str, profiles: pa.Table | None =
         raise ConfigError(f"{source}: no events")
     for name in ("customer_id", "activity"):
         _check_text(table, name, source)
+    table = _drop_repeated_event_ids(table)
     ts = _timestamps(table["ts"], source)
     columns = {name: table[name].cast(pa.string()) for name in ("customer_id", "activity")}
     detail = table["activity_detail"].cast(pa.string()) if "activity_detail" in table.column_names else None

@@ -51,10 +51,10 @@ class TrainOptions:
     horizon_days: float = 120.0
     split: str = "time"
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    epochs: int = 10
+    epochs: int | None = None  # None: enough epochs for ~30k optimizer steps, 8..60, early stopping decides
     seed: int = 0
     promote: str = "auto"
-    patience: int = 2
+    patience: int = 3
     model: ModelConfig = field(default_factory=ModelConfig)
 
 
@@ -445,7 +445,7 @@ def run(options: TrainOptions) -> dict[str, Any]:
             "split": options.split,
             "fractions": list(fractions),
             "cuts": cuts,
-            "epochs": options.epochs,
+            "epochs_max": options.epochs,
             "epochs_run": epochs_run,
             "seed": options.seed,
             "model": options.model.to_dict(),
