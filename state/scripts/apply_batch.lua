@@ -1,0 +1,119 @@
+-- Applies one batch of events to the customers' packed windows in one call.
+--
+-- KEYS: for customer i (1-based): KEYS[2i-1] = window key, KEYS[2i] = profile key
+--       (both carry the customer's hash tag, so one customer stays in one Cluster slot).
+-- ARGV: capacity, lateness seconds, ttl seconds, event count n, then 7 fields per event:
+--       customer index, partition, offset, ts, coarse code, fine code, tag.
+--
+-- Window value: a 32-byte header (offset as double, partition, count, first ts, alert ts,
+-- flags, reserved) and 16-byte records (ts, coarse, fine, tag) in event-time order.
+--
+-- Per event: 0 applied, 1 replay (offset already applied: nothing changes), 2 duplicate
+-- event_id (ignored), 3 late but inserted in event-time order, 4 too late (beyond the
+-- lateness bound: not stored). Position: the event's record index (1-based) in the returned
+-- records (all stored ones plus this batch's, trimmed to capacity only when written), or for
+-- status 4 the number of records at or before its time; 0 when a replayed event's record is gone.
+--
+-- Returns {headers, records, profiles, per-event status/position}: headers and profiles
+-- in customer order (32 and 2 bytes each), records concatenated (count in each header),
+-- and 4 bytes per event.
+
+local HDR, REC = 32, 16
+local TAG_SCAN = 32
+local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ncust = #KEYS / 2
+
+local state = {}
+for i = 1, ncust do
+  local raw = redis.call('GET', KEYS[2 * i - 1])
+  local s = {dirty = false}
+  if raw then
+    s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags = struct.unpack('<dIIIII', raw)
+    s.recs = string.sub(raw, HDR + 1)
+  else
+    s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags = -1, 0, 0, 0, 0, 0
+    s.recs = ''
+  end
+  state[i] = s
+end
+
+local function rec_ts(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC + 1)) end
+local function rec_tag(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC + 13)) end
+
+local function find_tag(recs, tag)
+  local nrec = #recs / REC
+  local stop = math.max(1, nrec - TAG_SCAN + 1)
+  for i = nrec, stop, -1 do
+    if rec_tag(recs, i) == tag then return i end
+  end
+  return 0
+end
+
+local status, tags, times = {}, {}, {}
+for e = 1, n do
+  local b = 4 + (e - 1) * 7
+  local ci, part, off = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
+  local ts, coarse, fine, tag = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
+  local s = state[ci]
+  tags[e], times[e] = tag, ts
+  if s.count > 0 and part == s.partition and off <= s.offset then
+    status[e] = 1
+  elseif find_tag(s.recs, tag) > 0 then
+    status[e] = 2
+  else
+    local nrec = #s.recs / REC
+    local record = struct.pack('<IIII', ts, coarse, fine, tag)
+    if nrec == 0 or ts >= rec_ts(s.recs, nrec) then
+      s.recs = s.recs .. record
+      status[e] = 0
+    elseif rec_ts(s.recs, nrec) - ts > lateness then
+      status[e] = 4
+    else
+      local at = nrec
+      while at > 0 and rec_ts(s.recs, at) > ts do at = at - 1 end
+      s.recs = string.sub(s.recs, 1, at * REC) .. record .. string.sub(s.recs, at * REC + 1)
+      status[e] = 3
+    end
+    if status[e] ~= 4 then
+      if s.count == 0 or ts < s.first then s.first = ts end
+      s.count = s.count + 1
+    end
+  end
+  if status[e] ~= 1 then
+    s.offset, s.partition = off, part
+    s.dirty = true
+  end
+end
+
+local headers, records, profiles = {}, {}, {}
+for i = 1, ncust do
+  local s = state[i]
+  local header = struct.pack('<dIIIII', s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags) .. string.rep('\0', 4)
+  if s.dirty then
+    -- trimmed only when stored: every event of this batch keeps its full window in the reply
+    local keep = s.recs
+    if #keep > capacity * REC then keep = string.sub(keep, #keep - capacity * REC + 1) end
+    redis.call('SET', KEYS[2 * i - 1], header .. keep, 'EX', ttl)
+    redis.call('EXPIRE', KEYS[2 * i], ttl)
+  end
+  headers[i] = struct.pack('<dIIIII', s.offset, s.partition, #s.recs / REC, s.first, s.alert_ts, s.flags) .. struct.pack('<I', s.count)
+  records[i] = s.recs
+  profiles[i] = redis.call('GET', KEYS[2 * i]) or '\255\255'
+end
+
+local positions = {}
+for e = 1, n do
+  local b = 4 + (e - 1) * 7
+  local s = state[tonumber(ARGV[b + 1])]
+  local pos = 0
+  if status[e] == 4 then
+    local nrec = #s.recs / REC
+    pos = nrec
+    while pos > 0 and rec_ts(s.recs, pos) > times[e] do pos = pos - 1 end
+  else
+    pos = find_tag(s.recs, tags[e])
+  end
+  positions[e] = struct.pack('<HH', status[e], pos)
+end
+
+return {table.concat(headers), table.concat(records), table.concat(profiles), table.concat(positions)}

@@ -1,0 +1,196 @@
+"""Per-customer state in Redis: raw rolling windows, applied for a whole batch in one round trip.
+
+Key layout (each customer's keys share the hash tag `{c:ID}`, so they live in one Redis
+Cluster slot):
+
+    {prefix}:{c:ID}:w   packed window: 32-byte header + 16-byte records (see scripts/apply_batch.lua)
+    {prefix}:{c:ID}:p   profile: 2 bytes (gender index, age-group index; 255 = unknown)
+
+State is raw (event time, activity codes, an event_id tag), never model tokens, so a new
+vocabulary or window needs no migration. One EVALSHA applies a batch idempotently: replayed
+offsets change nothing, repeated event_ids are ignored, late events are inserted in event
+time order. The call spans many slots, so it needs a single Redis (or one call per Cluster
+node, grouping customers by slot).
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import redis
+from numpy.typing import NDArray
+
+from state.encoding import RawWindows, window_index
+
+HEADER_DTYPE = np.dtype(
+    [
+        ("offset", "<f8"),
+        ("partition", "<u4"),
+        ("n_records", "<u4"),
+        ("first_ts", "<u4"),
+        ("alert_ts", "<u4"),
+        ("flags", "<u4"),
+        ("count", "<u4"),
+    ]
+)
+RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
+EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
+STORED_HEADER_BYTES = 32
+FLAG_ALERTED = 1
+
+APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
+STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
+
+
+def event_tag(event_id: str) -> int:
+    """A 32-bit tag of an event_id, stored with each record to ignore repeated ids."""
+    return zlib.crc32(event_id.encode("utf-8"))
+
+
+@dataclass
+class EventBatch:
+    """The valid events of one poll, as arrays (Kafka order within each partition)."""
+
+    customer_ids: list[str]
+    partition: NDArray[np.int64]
+    offset: NDArray[np.int64]
+    ts: NDArray[np.int64]
+    coarse: NDArray[np.uint32]
+    fine: NDArray[np.uint32]
+    tag: NDArray[np.uint32]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+@dataclass
+class AppliedBatch:
+    """What the store returns for a batch: per distinct customer and per event."""
+
+    customers: list[str]  # distinct, in first-seen order
+    customer_index: NDArray[np.int64]  # per event
+    headers: NDArray[np.void]  # per customer, HEADER_DTYPE
+    records: NDArray[np.void]  # all customers' records concatenated, RECORD_DTYPE
+    record_start: NDArray[np.int64]  # per customer: index of its first record
+    gender: NDArray[np.int64]  # per customer, -1 unknown
+    age_group: NDArray[np.int64]
+    status: NDArray[np.int64]  # per event
+    position: NDArray[np.int64]  # per event, 1-based record index (0 = trimmed away)
+
+    def windows(
+        self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
+    ) -> tuple[RawWindows, NDArray[np.bool_]]:
+        """Each event's window of history up to and including it, and which events have one.
+
+        An event too late to be stored is scored on the records before it plus itself.
+        """
+        code_field = "coarse" if level == "coarse" else "fine"
+        ci = self.customer_index
+        ts_all = self.records["ts"].astype(np.int64)
+        code_all = self.records[code_field].astype(np.uint32)
+        has_window = (self.position > 0) | (self.status == TOO_LATE)
+        starts = self.record_start[ci]
+        ends = starts + self.position - 1
+        idx, real = window_index(np.where(self.status == TOO_LATE, ends + 1, ends), starts, window)
+        ts = np.where(real, ts_all[np.minimum(idx, len(ts_all) - 1)] if len(ts_all) else 0, 0)
+        codes = np.where(real, code_all[np.minimum(idx, len(code_all) - 1)] if len(code_all) else 0, 0)
+        late = np.flatnonzero(self.status == TOO_LATE)
+        if len(late):  # the event itself takes the last slot, after the records at or before its time
+            own_codes = batch.coarse if level == "coarse" else batch.fine
+            ts[late, -1] = batch.ts[late]
+            codes[late, -1] = own_codes[late]
+        n_records = self.headers["n_records"].astype(np.int64)[ci]
+        total = self.headers["count"].astype(np.int64)[ci]
+        count = np.where(
+            self.status == TOO_LATE, total - n_records + self.position + 1, total - (n_records - self.position)
+        )
+        raw = RawWindows(
+            ts=ts.astype(np.int64),
+            codes=codes.astype(np.uint32),
+            count=np.maximum(count, 1),
+            first_ts=np.minimum(self.headers["first_ts"].astype(np.int64)[ci], ts[:, -1]),
+            score_ts=batch.ts.copy() if score_ts is None else score_ts,
+            gender=self.gender[ci],
+            age_group=self.age_group[ci],
+        )
+        return raw, has_window
+
+
+class StateStore:
+    """Redis-backed windows. `capacity` = model window + slack, so a replayed event still
+    finds its full window after a few later events were applied."""
+
+    def __init__(
+        self, client: redis.Redis, prefix: str, capacity: int, lateness_seconds: int, ttl_seconds: int
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.capacity = capacity
+        self.lateness = lateness_seconds
+        self.ttl = ttl_seconds
+        source = resources.files("state").joinpath("scripts/apply_batch.lua").read_text()
+        self._apply = client.register_script(source)
+
+    def window_key(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{c:{customer_id}}}:w"
+
+    def profile_key(self, customer_id: str) -> str:
+        return f"{self.prefix}:{{c:{customer_id}}}:p"
+
+    def apply(self, batch: EventBatch) -> AppliedBatch:
+        """Apply the batch in one round trip; return every event's window position and the state."""
+        index: dict[str, int] = {}
+        customer_index = np.fromiter(
+            (index.setdefault(c, len(index)) for c in batch.customer_ids), dtype=np.int64, count=len(batch)
+        )
+        customers = list(index)
+        keys = [key for c in customers for key in (self.window_key(c), self.profile_key(c))]
+        fields = np.column_stack(
+            [customer_index + 1, batch.partition, batch.offset, batch.ts, batch.coarse, batch.fine, batch.tag]
+        ).astype(np.int64)
+        args = [self.capacity, self.lateness, self.ttl, len(batch), *fields.ravel().tolist()]
+        headers_raw, records_raw, profiles_raw, events_raw = self._apply(keys=keys, args=args)
+        headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
+        records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
+        profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
+        events = np.frombuffer(events_raw, dtype=EVENT_DTYPE)
+        record_start = np.concatenate([[0], np.cumsum(headers["n_records"].astype(np.int64))[:-1]])
+        return AppliedBatch(
+            customers=customers,
+            customer_index=customer_index,
+            headers=headers,
+            records=records,
+            record_start=record_start.astype(np.int64),
+            gender=np.where(profiles[:, 0] == 255, -1, profiles[:, 0]),
+            age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
+            status=events["status"].astype(np.int64),
+            position=events["position"].astype(np.int64),
+        )
+
+    def set_profiles(self, customer_ids: list[str], gender: list[int], age_group: list[int]) -> None:
+        """Store profiles (indexes, -1 unknown) for many customers in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for customer, g, a in zip(customer_ids, gender, age_group, strict=True):
+            pipe.set(self.profile_key(customer), bytes([g if g >= 0 else 255, a if a >= 0 else 255]), ex=self.ttl)
+        pipe.execute(raise_on_error=True)
+
+    def set_alert_state(self, customer_ids: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
+        """Record churn-alert state (hysteresis, cooldown) in the windows' headers, in one round trip."""
+        pipe = self.client.pipeline(transaction=False)
+        for customer, on, when in zip(customer_ids, alerted, alert_ts, strict=True):
+            # alert_ts at byte 20, flags at byte 24 of the header; both little-endian u32
+            key = self.window_key(customer)
+            state = int(when).to_bytes(4, "little") + (FLAG_ALERTED if on else 0).to_bytes(4, "little")
+            pipe.setrange(key, 20, state)
+        pipe.execute(raise_on_error=True)
+
+    def erase(self, customer_id: str) -> int:
+        """Delete everything stored about a customer; returns the number of keys removed."""
+        return int(self.client.delete(self.window_key(customer_id), self.profile_key(customer_id)))
+
+    def raw_value(self, customer_id: str) -> bytes | None:
+        value = self.client.get(self.window_key(customer_id))
+        return bytes(value) if value is not None else None

@@ -1,0 +1,157 @@
+"""The Redis state store and its Lua script, against the real Redis of deploy/stack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import redis
+
+from state.encoding import activity_code, gather_windows
+from state.store import (
+    APPLIED,
+    DUPLICATE,
+    LATE_INSERTED,
+    REPLAY,
+    TOO_LATE,
+    AppliedBatch,
+    EventBatch,
+    StateStore,
+    event_tag,
+)
+from training.history import history_from_table, history_table
+from training.simulate import simulate
+
+DAY = 86_400
+T0 = 1_650_000_000
+
+
+@pytest.fixture
+def store(stack: dict[str, str], unique: str) -> Iterator[StateStore]:
+    client = redis.Redis.from_url(stack["redis"])
+    yield StateStore(client, f"t{unique}", capacity=6, lateness_seconds=2 * DAY, ttl_seconds=3600)
+    for key in client.scan_iter(f"t{unique}:*"):
+        client.delete(key)
+
+
+def batch(rows: list[tuple[str, int, int, str, str]], partition: int = 0) -> EventBatch:
+    """rows: (customer, offset, ts, activity, event_id)"""
+    return EventBatch(
+        customer_ids=[r[0] for r in rows],
+        partition=np.full(len(rows), partition, dtype=np.int64),
+        offset=np.array([r[1] for r in rows], dtype=np.int64),
+        ts=np.array([r[2] for r in rows], dtype=np.int64),
+        coarse=np.array([activity_code(r[3]) for r in rows], dtype=np.uint32),
+        fine=np.array([activity_code(r[3] + "1") for r in rows], dtype=np.uint32),
+        tag=np.array([event_tag(r[4]) for r in rows], dtype=np.uint32),
+    )
+
+
+def window_ts(store_result: AppliedBatch, events: EventBatch, window: int = 4) -> list[list[int]]:
+    raw, _ = store_result.windows(events, window, "coarse")
+    return [[int(t - T0) // DAY if t else -1 for t in row] for row in raw.ts]
+
+
+def test_each_event_gets_the_history_up_to_itself(store: StateStore) -> None:
+    events = batch(
+        [
+            ("a", 0, T0, "A", "e0"),
+            ("b", 1, T0, "B", "e1"),
+            ("a", 2, T0 + DAY, "C", "e2"),
+            ("a", 3, T0 + 2 * DAY, "D", "e3"),
+        ]
+    )
+    result = store.apply(events)
+    assert result.status.tolist() == [APPLIED] * 4
+    assert window_ts(result, events) == [[-1, -1, -1, 0], [-1, -1, -1, 0], [-1, -1, 0, 1], [-1, 0, 1, 2]]
+    raw, _ = result.windows(events, 4, "coarse")
+    assert raw.count.tolist() == [1, 1, 2, 3]
+
+
+def test_replayed_offsets_are_not_appended_twice(store: StateStore) -> None:
+    events = batch([("a", 10, T0, "A", "e0"), ("a", 11, T0 + DAY, "B", "e1")])
+    first = store.apply(events)
+    before = store.raw_value("a")
+    again = store.apply(events)
+    assert again.status.tolist() == [REPLAY, REPLAY]
+    assert store.raw_value("a") == before
+    assert window_ts(again, events) == window_ts(first, events)
+
+
+def test_repeated_event_id_is_ignored(store: StateStore) -> None:
+    store.apply(batch([("a", 0, T0, "A", "e0")]))
+    result = store.apply(batch([("a", 1, T0, "A", "e0"), ("a", 2, T0 + DAY, "B", "e1")]))
+    assert result.status.tolist() == [DUPLICATE, APPLIED]
+    assert int(result.headers["count"][0]) == 2
+
+
+def test_late_events_keep_event_time_order(store: StateStore) -> None:
+    store.apply(batch([("a", 0, T0, "A", "e0"), ("a", 1, T0 + 3 * DAY, "B", "e1")]))
+    late = batch([("a", 2, T0 + 2 * DAY, "C", "e2"), ("a", 3, T0 - 5 * DAY, "D", "e3")])
+    result = store.apply(late)
+    assert result.status.tolist() == [LATE_INSERTED, TOO_LATE]
+    # inserted between the two; the one beyond the 2-day bound is scored on what came before it
+    assert window_ts(result, late) == [[-1, -1, 0, 2], [-1, -1, -1, -5]]
+    stored = np.frombuffer(store.raw_value("a")[32:], dtype=[("ts", "<u4"), ("c", "<u4"), ("f", "<u4"), ("t", "<u4")])
+    assert [(int(t) - T0) // DAY for t in stored["ts"]] == [0, 2, 3]
+
+
+def test_capacity_keeps_the_newest_events(store: StateStore) -> None:
+    rows = [("a", i, T0 + i * DAY, "A", f"e{i}") for i in range(10)]
+    result = store.apply(batch(rows))
+    # every event of the batch keeps its window; the stored value keeps the newest 6
+    assert result.position.tolist() == list(range(1, 11)) and int(result.headers["count"][0]) == 10
+    assert int(result.headers["first_ts"][0]) == T0
+    assert (len(store.raw_value("a")) - 32) // 16 == 6
+    again = store.apply(batch([("a", 10, T0 + 10 * DAY, "A", "e10")]))
+    assert int(again.headers["n_records"][0]) == 7 and again.position.tolist() == [7]
+
+
+def test_profiles_join_and_erase_removes_everything(store: StateStore) -> None:
+    store.set_profiles(["a"], [1], [3])
+    result = store.apply(batch([("a", 0, T0, "A", "e0"), ("z", 1, T0, "A", "e1")]))
+    assert result.gender.tolist() == [1, -1] and result.age_group.tolist() == [3, -1]
+    assert 0 < store.client.ttl(store.window_key("a")) <= 3600
+    assert store.erase("a") == 2
+    assert store.raw_value("a") is None
+
+
+def test_alert_state_survives_in_the_header(store: StateStore) -> None:
+    store.apply(batch([("a", 0, T0, "A", "e0")]))
+    store.set_alert_state(["a"], [True], [T0])
+    result = store.apply(batch([("a", 1, T0 + DAY, "A", "e1")]))
+    assert int(result.headers["flags"][0]) == 1 and int(result.headers["alert_ts"][0]) == T0
+
+
+def test_state_windows_equal_training_windows(store: StateStore) -> None:
+    """Training/serving skew: the same history through Redis (in batches, as the scorer
+    applies it) and through the training path gives identical raw windows."""
+    history = history_from_table(history_table(simulate(60, seed=9)), "sim")
+    order = np.argsort(history.ts, kind="stable")  # the stream arrives in time order
+    window = 5
+    codes = {"coarse": history.codes("coarse"), "fine": history.codes("fine")}
+    expected = gather_windows(history.ts, codes["coarse"], history.customer_start, order, history.ts[order], window)
+    store.capacity = window + 2
+    got_ts, got_codes, got_count, got_first = [], [], [], []
+    for start in range(0, len(order), 97):
+        part = order[start : start + 97]
+        events = EventBatch(
+            customer_ids=[str(history.customer_ids[c]) for c in history.customer[part]],
+            partition=np.zeros(len(part), dtype=np.int64),
+            offset=np.arange(start, start + len(part), dtype=np.int64),
+            ts=history.ts[part],
+            coarse=codes["coarse"][part],
+            fine=codes["fine"][part],
+            tag=np.array([event_tag(f"e{i}") for i in part], dtype=np.uint32),
+        )
+        raw, ok = store.apply(events).windows(events, window, "coarse")
+        assert ok.all()
+        got_ts.append(raw.ts)
+        got_codes.append(raw.codes)
+        got_count.append(raw.count)
+        got_first.append(raw.first_ts)
+    assert np.array_equal(np.concatenate(got_ts), expected.ts)
+    assert np.array_equal(np.concatenate(got_codes), expected.codes)
+    assert np.array_equal(np.concatenate(got_count), expected.count)
+    assert np.array_equal(np.concatenate(got_first), expected.first_ts)
