@@ -193,4 +193,4 @@ class StateStore:
 
     def raw_value(self, customer_id: str) -> bytes | None:
         value = self.client.get(self.window_key(customer_id))
-        return bytes(value) if value is not None else None
+        return value if isinstance(value, bytes) else None
