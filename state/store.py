@@ -91,9 +91,12 @@ class AppliedBatch:
         ci = self.customer_index
         ts_all = self.records["ts"].astype(np.int64)
         code_all = self.records[code_field].astype(np.uint32)
-        has_window = (self.position > 0) | (self.status == TOO_LATE)
+        n_records = self.headers["n_records"].astype(np.int64)[ci]
+        # a replayed event whose record was trimmed since: scored on the customer's latest window
+        position = np.where((self.status == REPLAY) & (self.position == 0), n_records, self.position)
+        has_window = (position > 0) | (self.status == TOO_LATE)
         starts = self.record_start[ci]
-        ends = starts + self.position - 1
+        ends = starts + position - 1
         idx, real = window_index(np.where(self.status == TOO_LATE, ends + 1, ends), starts, window)
         ts = np.where(real, ts_all[np.minimum(idx, len(ts_all) - 1)] if len(ts_all) else 0, 0)
         codes = np.where(real, code_all[np.minimum(idx, len(code_all) - 1)] if len(code_all) else 0, 0)

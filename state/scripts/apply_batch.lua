@@ -38,18 +38,22 @@ for i = 1, ncust do
 end
 
 local function rec_ts(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC + 1)) end
-local function rec_tag(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC + 13)) end
 
-local function find_tag(recs, tag)
-  local nrec = #recs / REC
-  local stop = math.max(1, nrec - TAG_SCAN + 1)
-  for i = nrec, stop, -1 do
-    if rec_tag(recs, i) == tag then return i end
+-- Index (1-based) of the record carrying `tag` among the last `limit` records, 0 if none.
+-- string.find runs in C; a hit counts only where it lines up with a record's tag field.
+local function find_tag(recs, tag, limit)
+  local needle = struct.pack('<I', tag)
+  local from = math.max(1, #recs - limit * REC + 1)
+  while true do
+    local at = string.find(recs, needle, from, true)
+    if not at then return 0 end
+    if (at - 1) % REC == 12 then return (at - 13) / REC + 1 end
+    from = at + 1
   end
-  return 0
 end
 
-local status, tags, times = {}, {}, {}
+local status, tags, times, position = {}, {}, {}, {}
+local applied_of = {}  -- per customer: the events applied in this batch, to shift on a late insert
 for e = 1, n do
   local b = 4 + (e - 1) * 7
   local ci, part, off = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
@@ -58,21 +62,30 @@ for e = 1, n do
   tags[e], times[e] = tag, ts
   if s.count > 0 and part == s.partition and off <= s.offset then
     status[e] = 1
-  elseif find_tag(s.recs, tag) > 0 then
+  elseif find_tag(s.recs, tag, TAG_SCAN) > 0 then
     status[e] = 2
   else
     local nrec = #s.recs / REC
     local record = struct.pack('<IIII', ts, coarse, fine, tag)
+    local mine = applied_of[ci]
+    if not mine then mine = {}; applied_of[ci] = mine end
     if nrec == 0 or ts >= rec_ts(s.recs, nrec) then
       s.recs = s.recs .. record
       status[e] = 0
+      position[e] = nrec + 1
+      mine[#mine + 1] = e
     elseif rec_ts(s.recs, nrec) - ts > lateness then
       status[e] = 4
     else
       local at = nrec
       while at > 0 and rec_ts(s.recs, at) > ts do at = at - 1 end
       s.recs = string.sub(s.recs, 1, at * REC) .. record .. string.sub(s.recs, at * REC + 1)
+      for _, other in ipairs(mine) do
+        if position[other] > at then position[other] = position[other] + 1 end
+      end
       status[e] = 3
+      position[e] = at + 1
+      mine[#mine + 1] = e
     end
     if status[e] ~= 4 then
       if s.count == 0 or ts < s.first then s.first = ts end
@@ -105,13 +118,12 @@ local positions = {}
 for e = 1, n do
   local b = 4 + (e - 1) * 7
   local s = state[tonumber(ARGV[b + 1])]
-  local pos = 0
+  local pos = position[e]
   if status[e] == 4 then
-    local nrec = #s.recs / REC
-    pos = nrec
+    pos = #s.recs / REC
     while pos > 0 and rec_ts(s.recs, pos) > times[e] do pos = pos - 1 end
-  else
-    pos = find_tag(s.recs, tags[e])
+  elseif not pos then  -- replay or duplicate: where the earlier copy sits, if still kept
+    pos = find_tag(s.recs, tags[e], #s.recs / REC)
   end
   positions[e] = struct.pack('<HH', status[e], pos)
 end

@@ -155,3 +155,19 @@ def test_state_windows_equal_training_windows(store: StateStore) -> None:
     assert np.array_equal(np.concatenate(got_codes), expected.codes)
     assert np.array_equal(np.concatenate(got_count), expected.count)
     assert np.array_equal(np.concatenate(got_first), expected.first_ts)
+
+
+def test_many_events_of_one_customer_in_one_batch_all_get_windows(store: StateStore) -> None:
+    timed = [(T0 + i * 60, "A", f"e{i}") for i in range(80)]
+    timed.insert(40, (T0 + 10 * 60 + 30, "B", "late"))  # arrives late, inside the bound
+    rows = [("a", offset, ts, act, eid) for offset, (ts, act, eid) in enumerate(timed)]
+    result = store.apply(batch(rows))
+    assert (result.position > 0).all()
+    raw, ok = result.windows(batch(rows), 4, "coarse")
+    assert ok.all()
+    assert (np.diff(raw.ts[:, -2:], axis=1) >= 0).all()
+    # the late event sits after e10 and before e11; e11's window now includes it
+    late = 40
+    assert raw.ts[late, -1] == T0 + 630 and raw.ts[late, -2] == T0 + 600
+    assert raw.ts[11, -2] == T0 + 630 and raw.ts[11, -1] == T0 + 660
+    assert result.status[late] == LATE_INSERTED
