@@ -278,6 +278,37 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from consumer.app import Scorer, install_signal_handlers
+    from consumer.settings import load_settings
+
+    scorer = Scorer(load_settings())
+    install_signal_handlers(scorer)
+    scorer.run()
+    return 0
+
+
+def cmd_erase(args: argparse.Namespace) -> int:
+    import redis
+
+    from consumer.emit import Emitter
+    from consumer.settings import load_settings
+    from state.store import StateStore
+
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    store = StateStore(client, settings.state.key_prefix, settings.state.window, 0, 1)
+    removed = store.erase(args.customer)
+    # a tombstone on the compacted profiles topic: every scorer forgets the customer, and
+    # compaction removes their profile from the log
+    emitter = Emitter(settings.kafka_config())
+    emitter.send(settings.topics.profiles, args.customer, None)
+    emitter.wait_delivered()
+    print(f"erased customer {args.customer}: {removed} Redis keys, tombstone on {settings.topics.profiles}")
+    return 0
+
+
 def _print_summary(summary: dict[str, object]) -> None:
     per = summary["events_per_customer"]
     acc = summary["next_action_accuracy_held_out"]
@@ -360,6 +391,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--as-of", type=_timestamp, help="score every customer at this instant (churn on silence)")
     p.add_argument("--json", action="store_true", help="exactly one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("erase", help="remove everything stored about a customer (GDPR erasure)")
+    p.add_argument("--customer", required=True, help="customer id")
+    p.set_defaults(func=cmd_erase)
 
     p = sub.add_parser("models", help="list | show VERSION | promote VERSION | rollback")
     p.add_argument("action", choices=("list", "show", "promote", "rollback"))

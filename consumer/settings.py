@@ -54,6 +54,11 @@ class StateSettings(BaseModel):
     lateness_seconds: int = Field(default=7 * 86_400, ge=0)
 
 
+class ModelSettings(BaseModel):
+    jit_compile: bool = Field(default=False, description="XLA-compile the inference function.")
+    poll_seconds: float = Field(default=2.0, gt=0, le=3600, description="How often CURRENT is checked.")
+
+
 class OutputSettings(BaseModel):
     top_k: int = Field(default=3, ge=1, le=64)
     steps: int = Field(default=0, ge=0, le=16, description="Multi-step forecast length; 0 = off.")
@@ -85,6 +90,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("redis_url")
     @classmethod

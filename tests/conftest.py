@@ -95,3 +95,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "/integration/" in str(item.fspath) or "/faults/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with one small promoted model (window 12), trained once per session."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from training.history import history_table, write_table
+    from training.model import ModelConfig
+    from training.simulate import simulate
+    from training.train import TrainOptions, run
+
+    root = tmp_path_factory.mktemp("registry")
+    events = root / "history.parquet"
+    write_table(history_table(simulate(500, seed=77)), events)
+    run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=2, seed=1,
+                     model=ModelConfig(units=16, dense_units=16)))
+    return root / "models"
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

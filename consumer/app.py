@@ -1,0 +1,499 @@
+"""`seqscore serve`: the scoring loop of one consumer-group member.
+
+Per batch (at-least-once, spelled out):
+ 1. poll up to max_batch records or max_wait_ms;
+ 2. decode + validate; invalid records go to the dead-letter topic unchanged, with reasons;
+ 3. ONE Redis round trip applies the batch to the customers' windows (idempotent) and
+    returns each event's window;
+ 4. encode the windows with the active model's manifest;
+ 5. ONE inference call (per bucket-sized chunk) for next action and churn;
+ 6. produce next-actions (one per new event) and churn-alerts (on crossings);
+ 7. wait until Kafka acknowledged every record of the batch, record alert state, and only
+    then store the offsets (auto-commit sends them; revocation and shutdown commit at once).
+
+A Redis or Kafka outage pauses the partitions and retries; a new model version is loaded
+and smoke-tested in the background and swapped in between batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import redis
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer.emit import Emitter, churn_alert_value, dlq_headers, next_action_values
+from consumer.health import HealthState, serve_http
+from consumer.metrics import Metrics
+from consumer.policy import AlertPolicy, decide
+from consumer.scoring import ModelRefused, ModelRunner
+from consumer.settings import Settings
+from consumer.source import Decoded, EventDecoder, decode_profile, poll_batch
+from consumer.topics import ensure_topics
+from state.encoding import encode
+from state.store import DUPLICATE, FLAG_ALERTED, STATUS_NAMES, TOO_LATE, StateStore
+from training.registry import Registry, resolve_model_dir
+
+log = logging.getLogger(__name__)
+
+REPLAY_SLACK = 8
+LAG_EVERY_S = 1.0
+
+
+@dataclass
+class BatchReport:
+    records: int = 0
+    valid: int = 0
+    invalid: int = 0
+    predictions: int = 0
+    alerts: int = 0
+
+
+class ModelWatcher:
+    """Polls the registry's CURRENT; loads and smoke-tests a new version in a background thread."""
+
+    def __init__(self, registry: Registry, metrics: Metrics, jit_compile: bool, poll_s: float = 2.0) -> None:
+        self.registry = registry
+        self.metrics = metrics
+        self.jit_compile = jit_compile
+        self.poll_s = poll_s
+        self._ready: ModelRunner | None = None
+        self._lock = threading.Lock()
+        self._refused: set[str] = set()
+        self._seen: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def load_current(self) -> ModelRunner:
+        """Blocking first load at start-up."""
+        path = resolve_model_dir(self.registry.root)
+        runner = ModelRunner(path, self.jit_compile)
+        self._seen = runner.version
+        self.metrics.reloads.labels("loaded").inc()
+        return runner
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._watch, name="seqscore-model-watch", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def take(self) -> ModelRunner | None:
+        """The newly loaded model, once, if there is one."""
+        with self._lock:
+            runner, self._ready = self._ready, None
+        return runner
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            current = self.registry.current()
+            if current is None or current == self._seen or current in self._refused:
+                continue
+            try:
+                runner = ModelRunner(self.registry.path(current), self.jit_compile)
+            except (ModelRefused, Exception) as exc:  # any failure refuses the version, never the scorer
+                self._refused.add(current)
+                self.metrics.reloads.labels("refused").inc()
+                log.error("model %s refused, keeping the serving model: %s", current, exc)
+                continue
+            self._seen = current
+            with self._lock:
+                self._ready = runner
+
+
+class Scorer:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.health = HealthState()
+        self.stop_requested = threading.Event()
+        self.decoder = EventDecoder(settings.max_event_bytes)
+        self.registry = Registry(settings.registry)
+        self.watcher = ModelWatcher(
+            self.registry, self.metrics, settings.model.jit_compile, settings.model.poll_seconds
+        )
+        self.runner: ModelRunner | None = None
+        self.store: StateStore | None = None
+        self.consumer: Consumer | None = None
+        self.emitter: Emitter | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._last_ts_ms: dict[int, int] = {}
+        self._lag_at = 0.0
+        self._pending_alert_state: Callable[[], None] | None = None
+        self.http: Any = None
+
+    # -- set-up ---------------------------------------------------------------------------
+    def _open(self) -> None:
+        s = self.settings
+        ensure_topics(s)
+        self.runner = self.watcher.load_current()
+        self._set_model(self.runner)
+        client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        self.store = StateStore(
+            client,
+            s.state.key_prefix,
+            self.runner.spec.window + REPLAY_SLACK,
+            s.state.lateness_seconds,
+            s.state.retention_days * 86_400,
+        )
+        self.emitter = Emitter(s.kafka_config(), on_wait=self._keep_membership)
+        self.consumer = Consumer(
+            s.kafka_config(
+                **{
+                    "group.id": s.group_id,
+                    "enable.auto.commit": True,
+                    "auto.commit.interval.ms": 1000,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "partition.assignment.strategy": "cooperative-sticky",
+                    "enable.partition.eof": False,
+                }
+            )
+        )
+        self.consumer.subscribe(
+            [s.topics.events, s.topics.profiles],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self.watcher.start()
+
+    def _set_model(self, runner: ModelRunner) -> None:
+        self.runner = runner
+        self.metrics.model_info.clear()
+        self.metrics.model_info.labels(runner.version).set(1)
+        self.health.model_version = runner.version
+        outputs = self.settings.outputs
+        self.policy = AlertPolicy(
+            outputs.churn_alert_threshold if outputs.churn_alert_threshold is not None else runner.alert_threshold,
+            outputs.churn_recovery_threshold
+            if outputs.churn_recovery_threshold is not None
+            else runner.recovery_threshold,
+            outputs.churn_cooldown_seconds,
+        )
+        log.info("serving model %s (%s)", runner.version, self.policy.name)
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(p.topic, p.partition) for p in partitions}
+        self._assignment_changed()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._commit_now()
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._assignment_changed()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._assignment_changed()
+
+    def _assignment_changed(self) -> None:
+        events = sum(1 for topic, _ in self._assigned if topic == self.settings.topics.events)
+        self.metrics.assigned.set(events)
+        self.health.assigned = events
+        self.metrics.lag_messages.clear()
+        self.metrics.lag_seconds.clear()
+        log.info("assigned %d partitions of %s", events, self.settings.topics.events)
+
+    def _commit_now(self) -> None:
+        assert self.consumer is not None
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError._NO_OFFSET:
+                self.metrics.kafka_errors.labels("commit").inc()
+                log.warning("commit failed: %s", exc)
+
+    def _keep_membership(self) -> None:
+        """While a batch waits on Kafka or Redis: stop fetching, but keep serving group callbacks."""
+        assert self.consumer is not None
+        self.health.beat()
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.pause(assignment)
+        self.consumer.poll(0)
+
+    def _resume(self) -> None:
+        assert self.consumer is not None
+        assignment = self.consumer.assignment()
+        if assignment:
+            self.consumer.resume(assignment)
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self) -> None:
+        self._open()
+        self.http = serve_http(
+            self.settings.metrics_host, self.settings.metrics_port, self.metrics.registry, self.health
+        )
+        log.info("serving /metrics /healthz /readyz on %s:%d", self.settings.metrics_host, self.settings.metrics_port)
+        try:
+            while not self.stop_requested.is_set():
+                self.step()
+        finally:
+            self.close()
+
+    def step(self) -> BatchReport:
+        """One batch through all stages."""
+        assert self.consumer is not None and self.runner is not None
+        self.health.beat()
+        swapped = self.watcher.take()
+        if swapped is not None:
+            self._set_model(swapped)
+            self.metrics.reloads.labels("loaded").inc()
+        timers = self.metrics.stage_timers
+        started = time.perf_counter()
+        messages = poll_batch(self.consumer, self.settings.batch.max_batch, self.settings.batch.max_wait_ms)
+        timers["poll"].observe(time.perf_counter() - started)
+        self._update_lag()
+        if not messages:
+            return BatchReport()
+        report = self.process(messages)
+        self.health.progressed()
+        self.metrics.last_progress.set(time.time())
+        return report
+
+    def process(self, messages: list[Message]) -> BatchReport:
+        assert self.emitter is not None and self.store is not None and self.runner is not None
+        s, timers = self.settings, self.metrics.stage_timers
+        self.metrics.batch_size.observe(len(messages))
+        report = BatchReport(records=len(messages))
+
+        t = time.perf_counter()
+        event_msgs = [m for m in messages if m.topic() == s.topics.events]
+        profile_msgs = [m for m in messages if m.topic() == s.topics.profiles and m.error() is None]
+        decoded = self.decoder.decode(event_msgs)
+        self.metrics.events.inc(len(event_msgs))
+        for error in decoded.errors:
+            self.metrics.kafka_errors.labels("consume").inc()
+            log.warning("consume error: %s", error)
+        for msg, reason, detail in decoded.invalid:
+            self.emitter.send(s.topics.dlq, msg.key(), msg.value(), dlq_headers(msg, reason, detail))
+            self.metrics.invalid.labels(reason).inc()
+        report.invalid = len(decoded.invalid)
+        report.valid = len(decoded.events)
+        timers["decode"].observe(time.perf_counter() - t)
+
+        if profile_msgs:
+            self._with_redis(lambda: self._apply_profiles(profile_msgs))
+        if len(decoded.events):
+            self._score(decoded, report)
+
+        t = time.perf_counter()
+        self.emitter.wait_delivered()
+        self._resume()
+        timers["produce"].observe(time.perf_counter() - t)
+        now_ms = time.time() * 1000
+        for ms in decoded.kafka_ts[decoded.kafka_ts > 0]:
+            self.metrics.latency.observe(max(0.0, (now_ms - ms) / 1000.0))
+        if self._pending_alert_state is not None:
+            self._with_redis(self._pending_alert_state)
+            self._pending_alert_state = None
+
+        t = time.perf_counter()
+        self._store_offsets(messages)
+        timers["commit"].observe(time.perf_counter() - t)
+        return report
+
+    def _score(self, decoded: Decoded, report: BatchReport) -> None:
+        assert self.emitter is not None and self.store is not None and self.runner is not None
+        s, timers, runner = self.settings, self.metrics.stage_timers, self.runner
+        events = decoded.events
+        t = time.perf_counter()
+        store = self.store
+        applied = self._with_redis(lambda: store.apply(events))
+        timers["state"].observe(time.perf_counter() - t)
+        counts = np.bincount(applied.status, minlength=len(STATUS_NAMES))
+        for status, name in enumerate(STATUS_NAMES):
+            if counts[status]:
+                self.metrics.state.labels(name).inc(int(counts[status]))
+
+        t = time.perf_counter()
+        raw, has_window = applied.windows(events, runner.spec.window, runner.spec.level)
+        emit = np.flatnonzero((applied.status != DUPLICATE) & has_window)
+        inputs = {k: v[emit] for k, v in encode(raw, runner.spec).items()}
+        timers["encode"].observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        next_proba, risk = runner.infer(inputs)
+        steps = runner.forecast(inputs, next_proba, s.outputs.steps) if s.outputs.steps else None
+        timers["infer"].observe(time.perf_counter() - t)
+
+        t = time.perf_counter()
+        event_ids = [decoded.event_ids[i] for i in emit]
+        customer_ids = [events.customer_ids[i] for i in emit]
+        values = next_action_values(
+            event_ids,
+            customer_ids,
+            events.ts[emit],
+            next_proba,
+            risk,
+            runner.spec.vocabulary,
+            runner.version,
+            s.outputs.top_k,
+            steps,
+            applied.status[emit] == TOO_LATE,
+        )
+        for customer, value in zip(customer_ids, values, strict=True):
+            self.emitter.send(s.topics.next_actions, customer, value)
+        self.metrics.predictions.inc(len(values))
+        report.predictions = len(values)
+
+        ci = applied.customer_index[emit]
+        decisions = decide(
+            self.policy,
+            ci,
+            risk,
+            events.ts[emit],
+            (applied.headers["flags"] & FLAG_ALERTED).astype(bool),
+            applied.headers["alert_ts"].astype(np.int64),
+        )
+        threshold = {"alert": self.policy.alert_threshold, "recovery": self.policy.recovery_threshold}
+        for row, kind in zip(decisions.event, decisions.kind, strict=True):
+            i = int(emit[row])
+            value = churn_alert_value(
+                kind,
+                "event",
+                decoded.event_ids[i],
+                events.customer_ids[i],
+                runner.version,
+                float(risk[row]),
+                threshold[kind],
+                int(events.ts[i]),
+                self.policy.name,
+            )
+            self.emitter.send(s.topics.churn_alerts, events.customer_ids[i], value)
+            self.metrics.alerts.labels(kind).inc()
+        report.alerts = len(decisions.kind)
+        if len(decisions.customers):
+            changed = [applied.customers[c] for c in decisions.customers]
+            on, when = decisions.alerted.tolist(), decisions.alert_ts.tolist()
+            # written after the alerts are acknowledged, before the offsets: a crash in between
+            # re-sends the alert (same prediction_id), never loses it
+            store_ref = self.store
+            self._pending_alert_state = lambda: store_ref.set_alert_state(changed, on, when)
+        timers["produce"].observe(time.perf_counter() - t)
+
+    def _apply_profiles(self, messages: list[Message]) -> None:
+        assert self.store is not None
+        ids, genders, ages = [], [], []
+        for msg in messages:
+            value = msg.value()
+            if value is None:  # a tombstone: the customer asked to be forgotten
+                key = msg.key()
+                if key:
+                    self.store.erase(key.decode("utf-8", "replace"))
+                    self.metrics.profiles.labels("erased").inc()
+                continue
+            parsed = decode_profile(value)
+            if parsed is None:
+                self.metrics.profiles.labels("invalid").inc()
+                continue
+            ids.append(parsed[0])
+            genders.append(parsed[1])
+            ages.append(parsed[2])
+        if ids:
+            self.store.set_profiles(ids, genders, ages)
+            self.metrics.profiles.labels("updated").inc(len(ids))
+
+    def _with_redis(self, call: Any) -> Any:
+        """Run a Redis call; while Redis is down, pause consumption and retry with backoff."""
+        delay = 0.1
+        while True:
+            try:
+                result = call()
+            except redis.RedisError as exc:
+                self.metrics.redis_errors.inc()
+                if self.health.paused_reason != "redis":
+                    log.error("Redis unavailable, pausing consumption: %s", exc)
+                self.health.paused_reason = "redis"
+                self.metrics.paused.labels("redis").set(1)
+                deadline = time.monotonic() + delay
+                while time.monotonic() < deadline:
+                    self._keep_membership()
+                    time.sleep(0.05)
+                delay = min(delay * 2, 5.0)
+                continue
+            if self.health.paused_reason == "redis":
+                log.info("Redis is back, resuming")
+                self.health.paused_reason = None
+                self.metrics.paused.labels("redis").set(0)
+                self._resume()
+            return result
+
+    def _store_offsets(self, messages: list[Message]) -> None:
+        assert self.consumer is not None
+        latest: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if msg.error() is None and topic is not None and partition is not None and offset is not None:
+                latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset)
+                if topic == self.settings.topics.events:
+                    self._last_ts_ms[partition] = msg.timestamp()[1]
+        offsets = [
+            TopicPartition(topic, partition, offset + 1)
+            for (topic, partition), offset in latest.items()
+            if (topic, partition) in self._assigned
+        ]
+        if offsets:
+            try:
+                self.consumer.store_offsets(offsets=offsets)
+            except KafkaException as exc:  # revoked meanwhile: the new owner replays, state is idempotent
+                self.metrics.kafka_errors.labels("store_offsets").inc()
+                log.warning("storing offsets failed: %s", exc)
+
+    def _update_lag(self) -> None:
+        if time.monotonic() - self._lag_at < LAG_EVERY_S or self.consumer is None:
+            return
+        self._lag_at = time.monotonic()
+        topic = self.settings.topics.events
+        partitions = [TopicPartition(t, p) for t, p in self._assigned if t == topic]
+        if not partitions:
+            self.health.lag = 0
+            return
+        total = 0
+        now_ms = time.time() * 1000
+        for tp in self.consumer.position(partitions):
+            try:
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if high is None or high < 0 or tp.offset is None or tp.offset < 0:
+                continue
+            lag = max(0, high - tp.offset)
+            total += lag
+            self.metrics.lag_messages.labels(str(tp.partition)).set(lag)
+            last = self._last_ts_ms.get(tp.partition)
+            self.metrics.lag_seconds.labels(str(tp.partition)).set(
+                max(0.0, (now_ms - last) / 1000.0) if lag and last else 0.0
+            )
+        self.health.lag = total
+
+    def close(self) -> None:
+        """Finish: deliver what was sent, commit the stored offsets, leave the group."""
+        self.watcher.stop()
+        if self.emitter is not None:
+            self.emitter.close()
+        if self.consumer is not None:
+            self._commit_now()
+            self.consumer.close()
+            self.consumer = None
+        if self.http is not None:
+            self.http.shutdown()
+            self.http = None
+        log.info("scorer stopped")
+
+
+def install_signal_handlers(scorer: Scorer) -> None:
+    def handle(signum: int, _frame: object) -> None:
+        log.info("signal %d: finishing the batch, committing, leaving the group", signum)
+        scorer.stop_requested.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)

@@ -1,0 +1,172 @@
+"""Kafka out: output messages, dead letters, and a producer that waits for acknowledgements.
+
+The delivery callback latches the first error; `wait_delivered` raises it, so a batch's
+offsets are never stored unless every one of its records (outputs and dead letters) was
+acknowledged. BufferError is backpressure: serve deliveries and retry, never drop.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import orjson
+from confluent_kafka import KafkaError, Message, Producer
+from numpy.typing import NDArray
+
+from state.errors import KafkaUnavailable
+from state.events import SCHEMA_VERSION
+
+NEXT_ACTION_POLICY = "top-k"
+
+
+def prediction_id(kind: str, event_id: str, model_version: str) -> str:
+    """Deterministic: a replay of the same event under the same model gives the same id."""
+    return hashlib.blake2b(f"{kind}|{event_id}|{model_version}".encode(), digest_size=16).hexdigest()
+
+
+def iso(epoch_seconds: int) -> str:
+    return datetime.fromtimestamp(int(epoch_seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def next_action_values(
+    event_ids: list[str],
+    customer_ids: list[str],
+    ts: NDArray[np.int64],
+    proba: NDArray[Any],
+    churn: NDArray[Any],
+    vocabulary: tuple[str, ...],
+    model_version: str,
+    top_k: int,
+    steps: NDArray[np.int64] | None,
+    late: NDArray[np.bool_],
+) -> list[bytes]:
+    """JSON values for next-actions, one per scored event (see state/events.py NextActionMessage)."""
+    k = min(top_k, proba.shape[1])
+    top = np.argsort(-proba, axis=1)[:, :k]
+    top_p = np.take_along_axis(proba, top, axis=1).round(6)
+    names = np.array(vocabulary, dtype=object)
+    top_names = names[top].tolist()
+    top_p_list = top_p.tolist()
+    step_names = names[steps].tolist() if steps is not None and steps.shape[1] else None
+    churn_list = np.clip(churn, 0.0, 1.0).round(6).tolist()
+    late_list = late.tolist()
+    out = []
+    for i, event_id in enumerate(event_ids):
+        message = {
+            "schema_version": SCHEMA_VERSION,
+            "prediction_id": prediction_id("next", event_id, model_version),
+            "event_id": event_id,
+            "customer_id": customer_ids[i],
+            "model_version": model_version,
+            "event_ts": iso(ts[i]),
+            "actions": [{"activity": a, "probability": p} for a, p in zip(top_names[i], top_p_list[i], strict=True)],
+            "steps": step_names[i] if step_names is not None else None,
+            "churn_risk": churn_list[i],
+            "late": late_list[i],
+            "policy": f"{NEXT_ACTION_POLICY}(k={k})",
+        }
+        out.append(orjson.dumps(message))
+    return out
+
+
+def churn_alert_value(
+    kind: str,
+    trigger: str,
+    event_id: str | None,
+    customer_id: str,
+    model_version: str,
+    risk: float,
+    threshold: float,
+    as_of: int,
+    policy: str,
+) -> bytes:
+    basis = event_id if event_id is not None else f"{customer_id}@{as_of}"
+    return orjson.dumps(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "prediction_id": prediction_id(f"churn-{kind}", basis, model_version),
+            "event_id": event_id,
+            "customer_id": customer_id,
+            "model_version": model_version,
+            "kind": kind,
+            "trigger": trigger,
+            "churn_risk": round(float(min(max(risk, 0.0), 1.0)), 6),
+            "threshold": round(float(threshold), 6),
+            "as_of": iso(as_of),
+            "policy": policy,
+        }
+    )
+
+
+def dlq_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, str | bytes | None]]:
+    """The original headers plus the seqscore.* ones (design.md: DLQ record)."""
+    original = msg.headers() or []
+    pairs = original.items() if isinstance(original, dict) else original
+    headers: list[tuple[str, str | bytes | None]] = [(str(k), v) for k, v in pairs]
+    headers += [
+        ("seqscore.reason", reason.encode()),
+        ("seqscore.detail", detail.encode("utf-8", "replace")[:1024]),
+        ("seqscore.topic", (msg.topic() or "").encode()),
+        ("seqscore.partition", str(msg.partition()).encode()),
+        ("seqscore.offset", str(msg.offset()).encode()),
+    ]
+    return headers
+
+
+class Emitter:
+    """A producer that knows whether everything it sent was acknowledged."""
+
+    def __init__(self, config: dict[str, Any], on_wait: Callable[[], None] | None = None) -> None:
+        self.producer = Producer(
+            {
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "compression.type": "lz4",
+                # retry until the broker is back: a batch waits rather than fails (backpressure)
+                "message.timeout.ms": 0,
+                **config,
+            }
+        )
+        self._error: KafkaError | None = None
+        self._on_wait = on_wait
+
+    def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
+        if err is not None and self._error is None:
+            self._error = err
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | str | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None = None,
+    ) -> None:
+        while True:
+            try:
+                self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)
+                return
+            except BufferError:
+                self.producer.poll(0.05)
+                if self._on_wait is not None:
+                    self._on_wait()
+
+    def wait_delivered(self, slow_after_s: float = 1.0) -> None:
+        """Block until every record sent so far is acknowledged; raise the first delivery error."""
+        started = time.monotonic()
+        while self.producer.flush(0.1 if time.monotonic() - started < slow_after_s else 1.0) > 0:
+            if self._error is not None:
+                break
+            if self._on_wait is not None and time.monotonic() - started > slow_after_s:
+                self._on_wait()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise KafkaUnavailable(f"delivery failed: {error}")
+
+    def close(self, timeout_s: float = 30.0) -> None:
+        self.producer.flush(timeout_s)

@@ -1,0 +1,92 @@
+"""HTTP surface on the metrics port: /metrics (Prometheus text), /healthz (the loop is alive),
+/readyz (model loaded, partitions assigned, Redis and Kafka reachable, not stalled)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+class HealthState:
+    """What the loop reports and the probes read; updated per batch, read by the HTTP thread."""
+
+    def __init__(self, stall_seconds: float = 60.0, heartbeat_seconds: float = 30.0) -> None:
+        self.stall_seconds = stall_seconds
+        self.heartbeat_seconds = heartbeat_seconds
+        self.heartbeat = time.monotonic()
+        self.last_progress = time.monotonic()
+        self.model_version: str | None = None
+        self.assigned = 0
+        self.lag = 0
+        self.paused_reason: str | None = None
+
+    def beat(self) -> None:
+        self.heartbeat = time.monotonic()
+
+    def progressed(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def alive(self) -> tuple[bool, str]:
+        age = time.monotonic() - self.heartbeat
+        return age < self.heartbeat_seconds, f"loop heartbeat {age:.1f}s ago"
+
+    def ready(self) -> tuple[bool, list[str]]:
+        problems = []
+        if self.model_version is None:
+            problems.append("no model loaded")
+        if self.assigned == 0:
+            problems.append("no partitions assigned")
+        if self.paused_reason:
+            problems.append(f"paused: {self.paused_reason} unavailable")
+        stalled_for = time.monotonic() - self.last_progress
+        if self.lag > 0 and stalled_for > self.stall_seconds:
+            problems.append(f"stalled: lag {self.lag} and no progress for {stalled_for:.0f}s")
+        return not problems, problems
+
+
+def serve_http(
+    host: str,
+    port: int,
+    registry: CollectorRegistry,
+    health: HealthState,
+    extra: dict[str, Callable[[BaseHTTPRequestHandler], None]] | None = None,
+) -> ThreadingHTTPServer:
+    """Start the HTTP server in a daemon thread; returns it (call shutdown() to stop)."""
+    routes = dict(extra or {})
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+        def _send(self, code: int, body: bytes, content_type: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                ok, detail = health.alive()
+                self._send(200 if ok else 503, json.dumps({"alive": ok, "detail": detail}).encode(), "application/json")
+            elif path == "/readyz":
+                ok, problems = health.ready()
+                body = {"ready": ok, "problems": problems, "model_version": health.model_version}
+                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
+            elif path in routes:
+                routes[path](self)
+            else:
+                self._send(404, b"not found\n", "text/plain")
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name="seqscore-http", daemon=True).start()
+    return server

@@ -1,0 +1,88 @@
+"""Every metric of the scorer, declared once with its help text (Prometheus conventions:
+`_total` counters, `_seconds` histograms, labels from small fixed sets, never customer ids).
+A fresh CollectorRegistry can be injected, so tests and several scorers in one process
+never share counters."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from state.events import InvalidReason
+from state.store import STATUS_NAMES
+
+STAGES = ("poll", "decode", "state", "encode", "infer", "produce", "commit")
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+_STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+_BATCH_BUCKETS = (1, 4, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.events = Counter("seqscore_events_total", "Input records consumed from the events topic.", registry=r)
+        self.invalid = Counter(
+            "seqscore_events_invalid_total", "Records sent to the dead-letter topic, by reason.", ["reason"], registry=r
+        )
+        self.state = Counter(
+            "seqscore_state_events_total", "Valid events by what the state store did with them.", ["status"], registry=r
+        )
+        self.predictions = Counter("seqscore_predictions_total", "Next-action predictions produced.", registry=r)
+        self.alerts = Counter(
+            "seqscore_churn_alerts_total", "Churn alert messages produced, by kind.", ["kind"], registry=r
+        )
+        self.profiles = Counter(
+            "seqscore_profile_updates_total", "Customer profile records applied.", ["kind"], registry=r
+        )
+        self.batch_size = Histogram(
+            "seqscore_batch_size", "Records per polled batch.", buckets=_BATCH_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "seqscore_stage_seconds",
+            "Time per batch in each stage of the loop.",
+            ["stage"],
+            buckets=_STAGE_BUCKETS,
+            registry=r,
+        )
+        self.latency = Histogram(
+            "seqscore_event_to_output_seconds",
+            "From the input record's Kafka timestamp to its output's acknowledgement.",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.lag_messages = Gauge(
+            "seqscore_consumer_lag_messages",
+            "Messages behind the end of each assigned partition.",
+            ["partition"],
+            registry=r,
+        )
+        self.lag_seconds = Gauge(
+            "seqscore_consumer_lag_seconds",
+            "Age of the last processed record of each partition while it has lag.",
+            ["partition"],
+            registry=r,
+        )
+        self.model_info = Gauge("seqscore_model_info", "The serving model version (value 1).", ["version"], registry=r)
+        self.reloads = Counter(
+            "seqscore_model_reloads_total", "Model versions loaded or refused.", ["result"], registry=r
+        )
+        self.redis_errors = Counter("seqscore_redis_errors_total", "Failed Redis calls (each retried).", registry=r)
+        self.kafka_errors = Counter(
+            "seqscore_kafka_errors_total", "Kafka client errors, by kind.", ["kind"], registry=r
+        )
+        self.paused = Gauge("seqscore_paused", "1 while consumption is paused, by reason.", ["reason"], registry=r)
+        self.assigned = Gauge("seqscore_assigned_partitions", "Partitions assigned to this instance.", registry=r)
+        self.last_progress = Gauge(
+            "seqscore_last_progress_timestamp_seconds", "Unix time of the last committed batch.", registry=r
+        )
+        for invalid_reason in InvalidReason:
+            self.invalid.labels(invalid_reason.value)
+        for status in STATUS_NAMES:
+            self.state.labels(status)
+        for kind in ("alert", "recovery"):
+            self.alerts.labels(kind)
+        for result in ("loaded", "refused"):
+            self.reloads.labels(result)
+        for reason in ("redis", "kafka"):
+            self.paused.labels(reason).set(0)
+        self.stage_timers = {stage: self.stage.labels(stage) for stage in STAGES}

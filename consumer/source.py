@@ -1,0 +1,107 @@
+"""Kafka in: poll a batch (up to max_batch records or max_wait), split events from profiles,
+decode and validate events into arrays; invalid records come back with their reason."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+from confluent_kafka import Consumer, KafkaError, Message
+
+from state.encoding import AGE_GROUPS, GENDERS, activity_code
+from state.errors import InvalidEvent
+from state.events import decode_event
+from state.store import EventBatch, event_tag
+
+# A short consume timeout: consume(n, t) blocks until n records or t, so a long t stalls
+# small batches; the batch's own deadline is max_wait_ms.
+CONSUME_SLICE_S = 0.02
+
+
+def poll_batch(consumer: Consumer, max_batch: int, max_wait_ms: int) -> list[Message]:
+    """Up to `max_batch` records, returning as soon as the batch is full or max_wait has passed
+    since the first record arrived (an idle poll waits at most max_wait too)."""
+    messages: list[Message] = []
+    deadline = time.monotonic() + max_wait_ms / 1000.0
+    while len(messages) < max_batch:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        got = consumer.consume(max_batch - len(messages), min(CONSUME_SLICE_S, remaining))
+        messages.extend(got)
+    return messages
+
+
+@dataclass
+class Decoded:
+    events: EventBatch
+    event_ids: list[str]
+    kafka_ts: np.ndarray  # per valid event: the input record's Kafka timestamp (ms)
+    invalid: list[tuple[Message, str, str]] = field(default_factory=list)  # (record, reason, detail)
+    errors: list[KafkaError] = field(default_factory=list)
+
+
+class EventDecoder:
+    """Decodes records into arrays; activity codes are cached by name (names repeat)."""
+
+    def __init__(self, max_event_bytes: int) -> None:
+        self.max_event_bytes = max_event_bytes
+        self._codes: dict[str, int] = {}
+
+    def _code(self, name: str) -> int:
+        code = self._codes.get(name)
+        if code is None:
+            if len(self._codes) > 100_000:
+                self._codes.clear()
+            code = self._codes[name] = activity_code(name)
+        return code
+
+    def decode(self, messages: list[Message]) -> Decoded:
+        customers, event_ids, partition, offset, ts, coarse, fine, tag, kafka_ts = [], [], [], [], [], [], [], [], []
+        invalid: list[tuple[Message, str, str]] = []
+        errors: list[KafkaError] = []
+        for msg in messages:
+            error = msg.error()
+            if error is not None:
+                errors.append(error)
+                continue
+            try:
+                event = decode_event(msg.value(), self.max_event_bytes)
+            except InvalidEvent as exc:
+                invalid.append((msg, exc.reason, exc.detail))
+                continue
+            customers.append(event.customer_id)
+            event_ids.append(event.event_id)
+            partition.append(msg.partition())
+            offset.append(msg.offset())
+            ts.append(event.ts_seconds)
+            coarse.append(self._code(event.activity))
+            fine.append(self._code(event.activity_detail or event.activity))
+            tag.append(event_tag(event.event_id))
+            kafka_ts.append(msg.timestamp()[1])
+        batch = EventBatch(
+            customer_ids=customers,
+            partition=np.array(partition, dtype=np.int64),
+            offset=np.array(offset, dtype=np.int64),
+            ts=np.array(ts, dtype=np.int64),
+            coarse=np.array(coarse, dtype=np.uint32),
+            fine=np.array(fine, dtype=np.uint32),
+            tag=np.array(tag, dtype=np.uint32),
+        )
+        return Decoded(batch, event_ids, np.array(kafka_ts, dtype=np.int64), invalid, errors)
+
+
+def decode_profile(value: bytes) -> tuple[str, int, int] | None:
+    """A customer-profiles record: {"customer_id", "gender", "age_group"} -> indexes (-1 unknown)."""
+    try:
+        data = orjson.loads(value)
+        customer = data["customer_id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return None
+    if not isinstance(customer, str) or not customer:
+        return None
+    gender = GENDERS.index(data["gender"]) if data.get("gender") in GENDERS else -1
+    age = AGE_GROUPS.index(data["age_group"]) if data.get("age_group") in AGE_GROUPS else -1
+    return customer, gender, age

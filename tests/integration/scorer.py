@@ -1,0 +1,110 @@
+"""Helpers to run `seqscore serve` as a real process and read what it produced."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from confluent_kafka import Consumer, Message
+
+from tests.conftest import free_port, wait_for
+
+
+class ScorerProcess:
+    def __init__(self, env: dict[str, str], registry: Path, log_path: Path) -> None:
+        self.port = free_port()
+        self.env = os.environ | env | {"SEQSCORE_REGISTRY": str(registry), "SEQSCORE_METRICS_PORT": str(self.port),
+                                       "TF_CPP_MIN_LOG_LEVEL": "3", "SEQSCORE_BATCH__MAX_WAIT_MS": "20"}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ScorerProcess:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen([sys.executable, "-m", "consumer.cli", "serve"], env=self.env,
+                                        stdout=log, stderr=subprocess.STDOUT)
+        return self
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(self.url(path), timeout=5) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except OSError:
+            return 0, b""
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        def ready() -> bool:
+            assert self.process is not None and self.process.poll() is None, self.log_path.read_text()[-3000:]
+            return self.get("/readyz")[0] == 200
+
+        wait_for(ready, timeout=timeout, interval=0.2, what="/readyz 200")
+
+    def metric(self, name: str, labels: str = "") -> float:
+        _, body = self.get("/metrics")
+        total = 0.0
+        for line in body.decode().splitlines():
+            if line.startswith(name + (("{" + labels) if labels else "")) and not line.startswith("#"):
+                head, value = line.rsplit(" ", 1)
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+@contextmanager
+def running(env: dict[str, str], registry: Path, log_path: Path) -> Iterator[ScorerProcess]:
+    scorer = ScorerProcess(env, registry, log_path).start()
+    try:
+        yield scorer
+    finally:
+        if scorer.process is not None and scorer.process.poll() is None:
+            scorer.process.kill()
+            scorer.process.wait(10)
+
+
+def read_topic(bootstrap: str, topic: str, until: int, timeout: float = 90.0) -> list[Message]:
+    """Every record of `topic` from the start, once at least `until` have arrived."""
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}-{time.time()}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    consumer.subscribe([topic])
+    got: list[Message] = []
+
+    def enough() -> bool:
+        for msg in consumer.consume(1000, 0.2):
+            if msg.error() is None:
+                got.append(msg)
+        return len(got) >= until
+
+    try:
+        wait_for(enough, timeout=timeout, interval=0, what=f"{until} records on {topic}")
+        deadline = time.monotonic() + 1.0  # and whatever else is already there
+        while time.monotonic() < deadline:
+            got.extend(m for m in consumer.consume(1000, 0.2) if m.error() is None)
+    finally:
+        consumer.close()
+    return got
+
+
+def predictions_by_event(messages: list[Message]) -> dict[str, list[dict[str, object]]]:
+    out: dict[str, list[dict[str, object]]] = {}
+    for msg in messages:
+        value = json.loads(msg.value())
+        out.setdefault(value["event_id"], []).append(value)
+    return out
