@@ -136,6 +136,11 @@ class StateStore:
         self.ttl = ttl_seconds
         source = resources.files("state").joinpath("scripts/apply_batch.lua").read_text()
         self._apply = client.register_script(source)
+        # SETRANGE alone would create a zero-filled key for a customer erased meanwhile
+        self._set_alert = client.register_script(
+            "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('SETRANGE', KEYS[1], 20, ARGV[1]) end"
+            " return 0"
+        )
 
     def window_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{c:{customer_id}}}:w"
@@ -185,9 +190,8 @@ class StateStore:
         pipe = self.client.pipeline(transaction=False)
         for customer, on, when in zip(customer_ids, alerted, alert_ts, strict=True):
             # alert_ts at byte 20, flags at byte 24 of the header; both little-endian u32
-            key = self.window_key(customer)
             state = int(when).to_bytes(4, "little") + (FLAG_ALERTED if on else 0).to_bytes(4, "little")
-            pipe.setrange(key, 20, state)
+            self._set_alert(keys=[self.window_key(customer)], args=[state], client=pipe)
         pipe.execute(raise_on_error=True)
 
     def erase(self, customer_id: str) -> int:

@@ -124,6 +124,15 @@ def test_alert_state_survives_in_the_header(store: StateStore) -> None:
     assert int(result.headers["flags"][0]) == 1 and int(result.headers["alert_ts"][0]) == T0
 
 
+def test_alert_state_of_an_erased_customer_is_not_resurrected(store: StateStore) -> None:
+    """The scorer writes alert state after the outputs are acknowledged; an erasure in
+    between must not leave a headerless key behind."""
+    store.apply(batch([("a", 0, T0, "A", "e0")]))
+    assert store.erase("a") == 1
+    store.set_alert_state(["a"], [True], [T0])
+    assert store.raw_value("a") is None
+
+
 def test_state_windows_equal_training_windows(store: StateStore) -> None:
     """Training/serving skew: the same history through Redis (in batches, as the scorer
     applies it) and through the training path gives identical raw windows."""
