@@ -3,13 +3,19 @@
 Per batch (at-least-once, spelled out):
  1. poll up to max_batch records or max_wait_ms;
  2. decode + validate; invalid records go to the dead-letter topic unchanged, with reasons;
- 3. ONE Redis round trip applies the batch to the customers' windows (idempotent) and
-    returns each event's window;
+ 3. ONE Redis round trip stores the previous batch's state and computes this batch's
+    windows without storing them (idempotent: replayed offsets and repeated event_ids
+    change nothing);
  4. encode the windows with the active model's manifest;
  5. ONE inference call (per bucket-sized chunk) for next action and churn;
  6. produce next-actions (one per new event) and churn-alerts (on crossings);
- 7. wait until Kafka acknowledged every record of the batch, record alert state, and only
-    then store the offsets (auto-commit sends them; revocation and shutdown commit at once).
+ 7. wait until Kafka acknowledged every record of the batch; the batch's state (with its
+    alert state) is stored in the next round trip, and only then are its offsets stored
+    (auto-commit sends them; revocation and shutdown commit at once).
+
+So a crash before the state is stored replays the batch against unchanged state and gives
+the same predictions; a replayed event whose state was stored had its outputs delivered
+and is not emitted again.
 
 A Redis or Kafka outage pauses the partitions and retries; a new model version is loaded
 and smoke-tested in the background and swapped in between batches.
@@ -21,7 +27,6 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,12 +38,13 @@ from consumer.emit import Emitter, churn_alert_value, dlq_headers, next_action_v
 from consumer.health import HealthState, serve_http
 from consumer.metrics import Metrics
 from consumer.policy import AlertPolicy, decide
+from consumer.profiles import ProfileFollower
 from consumer.scoring import ModelRefused, ModelRunner
 from consumer.settings import Settings
-from consumer.source import Decoded, EventDecoder, decode_profile, poll_batch
+from consumer.source import Decoded, EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
 from state.encoding import encode
-from state.store import DUPLICATE, FLAG_ALERTED, STATUS_NAMES, TOO_LATE, StateStore
+from state.store import APPLIED, FLAG_ALERTED, LATE_INSERTED, STATUS_NAMES, TOO_LATE, PendingWrite, StateStore
 from training.registry import Registry, resolve_model_dir
 
 log = logging.getLogger(__name__)
@@ -127,8 +133,10 @@ class Scorer:
         self._assigned: set[tuple[str, int]] = set()
         self._last_ts_ms: dict[int, int] = {}
         self._lag_at = 0.0
-        self._pending_alert_state: Callable[[], None] | None = None
+        # the last batch: outputs acknowledged, state not yet stored, offsets not yet stored
+        self._pending: tuple[PendingWrite | None, list[Message]] | None = None
         self.http: Any = None
+        self.profiles: ProfileFollower | None = None
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -136,14 +144,7 @@ class Scorer:
         ensure_topics(s)
         self.runner = self.watcher.load_current()
         self._set_model(self.runner)
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
-        self.store = StateStore(
-            client,
-            s.state.key_prefix,
-            self.runner.spec.window + REPLAY_SLACK,
-            s.state.lateness_seconds,
-            s.state.retention_days * 86_400,
-        )
+        self.store = self._new_store()
         self.emitter = Emitter(s.kafka_config(), on_wait=self._keep_membership)
         self.consumer = Consumer(
             s.kafka_config(
@@ -159,12 +160,26 @@ class Scorer:
             )
         )
         self.consumer.subscribe(
-            [s.topics.events, s.topics.profiles],
+            [s.topics.events],
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
         self.watcher.start()
+        self.profiles = ProfileFollower(s, self._new_store(), self.metrics)  # own connection, own thread
+        self.profiles.start()
+
+    def _new_store(self) -> StateStore:
+        s = self.settings
+        assert self.runner is not None
+        client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        return StateStore(
+            client,
+            s.state.key_prefix,
+            self.runner.spec.window + REPLAY_SLACK,
+            s.state.lateness_seconds,
+            s.state.retention_days * 86_400,
+        )
 
     def _set_model(self, runner: ModelRunner) -> None:
         self.runner = runner
@@ -186,6 +201,9 @@ class Scorer:
         self._assignment_changed()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # whatever stays pending is stored later; a new owner of these partitions replays it
+        # against either state consistently (the write is idempotent)
+        self._flush_pending(attempts=3)
         self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._assignment_changed()
@@ -253,6 +271,7 @@ class Scorer:
         timers["poll"].observe(time.perf_counter() - started)
         self._update_lag()
         if not messages:
+            self._flush_pending()
             return BatchReport()
         report = self.process(messages)
         self.health.progressed()
@@ -266,10 +285,8 @@ class Scorer:
         report = BatchReport(records=len(messages))
 
         t = time.perf_counter()
-        event_msgs = [m for m in messages if m.topic() == s.topics.events]
-        profile_msgs = [m for m in messages if m.topic() == s.topics.profiles and m.error() is None]
-        decoded = self.decoder.decode(event_msgs)
-        self.metrics.events.inc(len(event_msgs))
+        decoded = self.decoder.decode(messages)
+        self.metrics.events.inc(len(messages))
         for error in decoded.errors:
             self.metrics.kafka_errors.labels("consume").inc()
             log.warning("consume error: %s", error)
@@ -280,10 +297,9 @@ class Scorer:
         report.valid = len(decoded.events)
         timers["decode"].observe(time.perf_counter() - t)
 
-        if profile_msgs:
-            self._with_redis(lambda: self._apply_profiles(profile_msgs))
-        if len(decoded.events):
-            self._score(decoded, report)
+        write = self._score(decoded, report) if len(decoded.events) else None
+        if write is None:
+            self._flush_pending()
 
         t = time.perf_counter()
         self.emitter.wait_delivered()
@@ -292,23 +308,53 @@ class Scorer:
         now_ms = time.time() * 1000
         for ms in decoded.kafka_ts[decoded.kafka_ts > 0]:
             self.metrics.latency.observe(max(0.0, (now_ms - ms) / 1000.0))
-        if self._pending_alert_state is not None:
-            self._with_redis(self._pending_alert_state)
-            self._pending_alert_state = None
-
-        t = time.perf_counter()
-        self._store_offsets(messages)
-        timers["commit"].observe(time.perf_counter() - t)
+        self._pending = (write, messages)  # stored with the next batch's state round trip
         return report
 
-    def _score(self, decoded: Decoded, report: BatchReport) -> None:
+    def _flush_pending(self, attempts: int | None = None) -> bool:
+        """Store the last batch's state, then its offsets. With `attempts`, give up after that
+        many Redis failures (in callbacks and at shutdown) and keep it pending."""
+        if self._pending is None:
+            return True
+        assert self.store is not None
+        write, messages = self._pending
+        if write is not None:
+            store = self.store
+            if attempts is None:
+                self._with_redis(lambda: store.write(write))
+            else:
+                for attempt in range(attempts):
+                    try:
+                        store.write(write)
+                        break
+                    except redis.RedisError as exc:
+                        self.metrics.redis_errors.inc()
+                        log.warning("storing the last batch's state failed (%d/%d): %s", attempt + 1, attempts, exc)
+                        time.sleep(0.2)
+                else:
+                    return False
+        self._offsets_stored_after(messages)
+        return True
+
+    def _offsets_stored_after(self, messages: list[Message]) -> None:
+        self._pending = None
+        t = time.perf_counter()
+        self._store_offsets(messages)
+        self.metrics.stage_timers["commit"].observe(time.perf_counter() - t)
+
+    def _score(self, decoded: Decoded, report: BatchReport) -> PendingWrite:
+        """Score the batch's events; returns the state write to store once outputs are acknowledged."""
         assert self.emitter is not None and self.store is not None and self.runner is not None
         s, timers, runner = self.settings, self.metrics.stage_timers, self.runner
         events = decoded.events
         t = time.perf_counter()
         store = self.store
-        applied = self._with_redis(lambda: store.apply(events))
+        before = self._pending[0] if self._pending is not None else None
+        # one round trip: store the previous batch (its outputs are acknowledged), read this one
+        applied, write = self._with_redis(lambda: store.preview(events, before))
         timers["state"].observe(time.perf_counter() - t)
+        if self._pending is not None:
+            self._offsets_stored_after(self._pending[1])
         counts = np.bincount(applied.status, minlength=len(STATUS_NAMES))
         for status, name in enumerate(STATUS_NAMES):
             if counts[status]:
@@ -316,7 +362,8 @@ class Scorer:
 
         t = time.perf_counter()
         raw, has_window = applied.windows(events, runner.spec.window, runner.spec.level)
-        emit = np.flatnonzero((applied.status != DUPLICATE) & has_window)
+        # a replay was stored, so its outputs were acknowledged: it is not emitted again
+        emit = np.flatnonzero(np.isin(applied.status, (APPLIED, LATE_INSERTED, TOO_LATE)) & has_window)
         inputs = {k: v[emit] for k, v in encode(raw, runner.spec).items()}
         timers["encode"].observe(time.perf_counter() - t)
 
@@ -372,35 +419,12 @@ class Scorer:
             self.metrics.alerts.labels(kind).inc()
         report.alerts = len(decisions.kind)
         if len(decisions.customers):
-            changed = [applied.customers[c] for c in decisions.customers]
-            on, when = decisions.alerted.tolist(), decisions.alert_ts.tolist()
-            # written after the alerts are acknowledged, before the offsets: a crash in between
+            # stored with the window, after the alerts are acknowledged: a crash in between
             # re-sends the alert (same prediction_id), never loses it
-            store_ref = self.store
-            self._pending_alert_state = lambda: store_ref.set_alert_state(changed, on, when)
+            changed = [applied.customers[c] for c in decisions.customers]
+            write.set_alerts(changed, decisions.alerted.tolist(), decisions.alert_ts.tolist())
         timers["produce"].observe(time.perf_counter() - t)
-
-    def _apply_profiles(self, messages: list[Message]) -> None:
-        assert self.store is not None
-        ids, genders, ages = [], [], []
-        for msg in messages:
-            value = msg.value()
-            if value is None:  # a tombstone: the customer asked to be forgotten
-                key = msg.key()
-                if key:
-                    self.store.erase(key.decode("utf-8", "replace"))
-                    self.metrics.profiles.labels("erased").inc()
-                continue
-            parsed = decode_profile(value)
-            if parsed is None:
-                self.metrics.profiles.labels("invalid").inc()
-                continue
-            ids.append(parsed[0])
-            genders.append(parsed[1])
-            ages.append(parsed[2])
-        if ids:
-            self.store.set_profiles(ids, genders, ages)
-            self.metrics.profiles.labels("updated").inc(len(ids))
+        return write
 
     def _with_redis(self, call: Any) -> Any:
         """Run a Redis call; while Redis is down, pause consumption and retry with backoff."""
@@ -429,18 +453,11 @@ class Scorer:
 
     def _store_offsets(self, messages: list[Message]) -> None:
         assert self.consumer is not None
-        latest: dict[tuple[str, int], int] = {}
         for msg in messages:
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if msg.error() is None and topic is not None and partition is not None and offset is not None:
-                latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset)
-                if topic == self.settings.topics.events:
-                    self._last_ts_ms[partition] = msg.timestamp()[1]
-        offsets = [
-            TopicPartition(topic, partition, offset + 1)
-            for (topic, partition), offset in latest.items()
-            if (topic, partition) in self._assigned
-        ]
+            partition = msg.partition()
+            if msg.error() is None and partition is not None:
+                self._last_ts_ms[partition] = msg.timestamp()[1]
+        offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
         if offsets:
             try:
                 self.consumer.store_offsets(offsets=offsets)
@@ -478,9 +495,12 @@ class Scorer:
     def close(self) -> None:
         """Finish: deliver what was sent, commit the stored offsets, leave the group."""
         self.watcher.stop()
+        if self.profiles is not None:
+            self.profiles.stop()
         if self.emitter is not None:
             self.emitter.close()
         if self.consumer is not None:
+            self._flush_pending(attempts=5)
             self._commit_now()
             self.consumer.close()
             self.consumer = None

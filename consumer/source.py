@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
-from confluent_kafka import Consumer, KafkaError, Message
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from state.encoding import AGE_GROUPS, GENDERS, activity_code
 from state.errors import InvalidEvent
@@ -32,6 +32,16 @@ def poll_batch(consumer: Consumer, max_batch: int, max_wait_ms: int) -> list[Mes
         got = consumer.consume(max_batch - len(messages), min(CONSUME_SLICE_S, remaining))
         messages.extend(got)
     return messages
+
+
+def next_offsets(messages: list[Message]) -> list[TopicPartition]:
+    """The offset to commit per partition: one past the highest record seen (errors skipped)."""
+    latest: dict[tuple[str, int], int] = {}
+    for msg in messages:
+        topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+        if msg.error() is None and topic is not None and partition is not None and offset is not None:
+            latest[(topic, partition)] = max(latest.get((topic, partition), -1), offset)
+    return [TopicPartition(topic, partition, offset + 1) for (topic, partition), offset in latest.items()]
 
 
 @dataclass

@@ -16,12 +16,15 @@ node, grouping customers by slot).
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 import redis
 from numpy.typing import NDArray
+from redis.client import Pipeline
 
 from state.encoding import RawWindows, window_index
 
@@ -122,6 +125,23 @@ class AppliedBatch:
         return raw, has_window
 
 
+@dataclass
+class PendingWrite:
+    """A batch's state change, computed but not yet stored. The scorer stores it only after
+    the batch's outputs are acknowledged: a crash before that replays the batch against
+    unchanged state (same windows, same predictions), and a replay of a stored batch means
+    its outputs were delivered, so it needs no window."""
+
+    keys: list[str]
+    args: list[int | str]
+    alert_customers: list[str] = field(default_factory=list)
+    alerted: list[bool] = field(default_factory=list)
+    alert_ts: list[int] = field(default_factory=list)
+
+    def set_alerts(self, customers: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
+        self.alert_customers, self.alerted, self.alert_ts = customers, alerted, alert_ts
+
+
 class StateStore:
     """Redis-backed windows. `capacity` = model window + slack, so a replayed event still
     finds its full window after a few later events were applied."""
@@ -149,7 +169,52 @@ class StateStore:
         return f"{self.prefix}:{{c:{customer_id}}}:p"
 
     def apply(self, batch: EventBatch) -> AppliedBatch:
-        """Apply the batch in one round trip; return every event's window position and the state."""
+        """Apply and store the batch in one round trip; return every event's window position."""
+        customers, customer_index, keys, args = self._script_call(batch, "rw")
+        return self._applied(customers, customer_index, self._apply(keys=keys, args=args))
+
+    def preview(self, batch: EventBatch, before: PendingWrite | None = None) -> tuple[AppliedBatch, PendingWrite]:
+        """In one round trip: store `before` (the previous batch, now acknowledged), then
+        compute this batch's windows without storing them. Returns the windows and the
+        write to store once this batch's outputs are acknowledged."""
+        customers, customer_index, keys, args = self._script_call(batch, "r")
+
+        def queue(pipe: Pipeline) -> None:
+            if before is not None:
+                self._queue_write(pipe, before)
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+
+        reply = self._execute(queue)[-1]
+        write_args = list(args)
+        write_args[4] = "w"
+        return self._applied(customers, customer_index, reply), PendingWrite(keys, write_args)
+
+    def write(self, pending: PendingWrite) -> None:
+        """Store a previewed batch (idempotent: storing it twice changes nothing)."""
+        self._execute(lambda pipe: self._queue_write(pipe, pending))
+
+    def _queue_write(self, pipe: Pipeline, pending: PendingWrite) -> None:
+        if pending.keys:
+            pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.args)
+        self._queue_alerts(pipe, pending.alert_customers, pending.alerted, pending.alert_ts)
+
+    def _execute(self, queue: Callable[[Pipeline], None]) -> list[Any]:
+        """One round trip; loads the scripts once if this Redis has not seen them (restart)."""
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            queue(pipe)
+            try:
+                return pipe.execute(raise_on_error=True)
+            except redis.exceptions.NoScriptError:
+                if attempt:
+                    raise
+                for script in (self._apply, self._set_alert):  # the sha is the script's own hash
+                    self.client.script_load(script.script)
+        raise AssertionError("unreachable")
+
+    def _script_call(
+        self, batch: EventBatch, mode: str
+    ) -> tuple[list[str], NDArray[np.int64], list[str], list[int | str]]:
         index: dict[str, int] = {}
         customer_index = np.fromiter(
             (index.setdefault(c, len(index)) for c in batch.customer_ids), dtype=np.int64, count=len(batch)
@@ -159,8 +224,12 @@ class StateStore:
         fields = np.column_stack(
             [customer_index + 1, batch.partition, batch.offset, batch.ts, batch.coarse, batch.fine, batch.tag]
         ).astype(np.int64)
-        args = [self.capacity, self.lateness, self.ttl, len(batch), *fields.ravel().tolist()]
-        headers_raw, records_raw, profiles_raw, events_raw = self._apply(keys=keys, args=args)
+        args: list[int | str] = [self.capacity, self.lateness, self.ttl, len(batch), mode, *fields.ravel().tolist()]
+        return customers, customer_index, keys, args
+
+    @staticmethod
+    def _applied(customers: list[str], customer_index: NDArray[np.int64], reply: list[bytes]) -> AppliedBatch:
+        headers_raw, records_raw, profiles_raw, events_raw = reply
         headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
         records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
         profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
@@ -187,12 +256,13 @@ class StateStore:
 
     def set_alert_state(self, customer_ids: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
         """Record churn-alert state (hysteresis, cooldown) in the windows' headers, in one round trip."""
-        pipe = self.client.pipeline(transaction=False)
+        self._execute(lambda pipe: self._queue_alerts(pipe, customer_ids, alerted, alert_ts))
+
+    def _queue_alerts(self, pipe: Pipeline, customer_ids: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
         for customer, on, when in zip(customer_ids, alerted, alert_ts, strict=True):
             # alert_ts at byte 20, flags at byte 24 of the header; both little-endian u32
             state = int(when).to_bytes(4, "little") + (FLAG_ALERTED if on else 0).to_bytes(4, "little")
-            self._set_alert(keys=[self.window_key(customer)], args=[state], client=pipe)
-        pipe.execute(raise_on_error=True)
+            pipe.evalsha(self._set_alert.sha, 1, self.window_key(customer), state)
 
     def erase(self, customer_id: str) -> int:
         """Delete everything stored about a customer; returns the number of keys removed."""

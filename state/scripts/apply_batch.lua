@@ -2,8 +2,11 @@
 --
 -- KEYS: for customer i (1-based): KEYS[2i-1] = window key, KEYS[2i] = profile key
 --       (both carry the customer's hash tag, so one customer stays in one Cluster slot).
--- ARGV: capacity, lateness seconds, ttl seconds, event count n, then 7 fields per event:
---       customer index, partition, offset, ts, coarse code, fine code, tag.
+-- ARGV: capacity, lateness seconds, ttl seconds, event count n, mode, then 7 fields per
+--       event: customer index, partition, offset, ts, coarse code, fine code, tag.
+--       mode: 'r' computes and replies without writing (the scorer scores from this, and
+--       writes only after the outputs are acknowledged), 'w' writes and replies 0, 'rw' both.
+--       The same batch gives the same result in every mode, so 'r' then 'w' equals 'rw'.
 --
 -- Window value: a 32-byte header (offset as double, partition, count, first ts, alert ts,
 -- flags, reserved) and 16-byte records (ts, coarse, fine, tag) in event-time order.
@@ -21,6 +24,8 @@
 local HDR, REC = 32, 16
 local TAG_SCAN = 32
 local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
+local FIELDS = 5
 local ncust = #KEYS / 2
 
 local state = {}
@@ -55,7 +60,7 @@ end
 local status, tags, times, position = {}, {}, {}, {}
 local applied_of = {}  -- per customer: the events applied in this batch, to shift on a late insert
 for e = 1, n do
-  local b = 4 + (e - 1) * 7
+  local b = FIELDS + (e - 1) * 7
   local ci, part, off = tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3])
   local ts, coarse, fine, tag = tonumber(ARGV[b + 4]), tonumber(ARGV[b + 5]), tonumber(ARGV[b + 6]), tonumber(ARGV[b + 7])
   local s = state[ci]
@@ -98,17 +103,24 @@ for e = 1, n do
   end
 end
 
+if writes then
+  for i = 1, ncust do
+    local s = state[i]
+    if s.dirty then
+      -- trimmed only when stored: every event of this batch keeps its full window in the reply
+      local keep = s.recs
+      if #keep > capacity * REC then keep = string.sub(keep, #keep - capacity * REC + 1) end
+      local header = struct.pack('<dIIIII', s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags) .. string.rep('\0', 4)
+      redis.call('SET', KEYS[2 * i - 1], header .. keep, 'EX', ttl)
+      redis.call('EXPIRE', KEYS[2 * i], ttl)
+    end
+  end
+end
+if not replies then return 0 end
+
 local headers, records, profiles = {}, {}, {}
 for i = 1, ncust do
   local s = state[i]
-  local header = struct.pack('<dIIIII', s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags) .. string.rep('\0', 4)
-  if s.dirty then
-    -- trimmed only when stored: every event of this batch keeps its full window in the reply
-    local keep = s.recs
-    if #keep > capacity * REC then keep = string.sub(keep, #keep - capacity * REC + 1) end
-    redis.call('SET', KEYS[2 * i - 1], header .. keep, 'EX', ttl)
-    redis.call('EXPIRE', KEYS[2 * i], ttl)
-  end
   headers[i] = struct.pack('<dIIIII', s.offset, s.partition, #s.recs / REC, s.first, s.alert_ts, s.flags) .. struct.pack('<I', s.count)
   records[i] = s.recs
   profiles[i] = redis.call('GET', KEYS[2 * i]) or '\255\255'
@@ -116,7 +128,7 @@ end
 
 local positions = {}
 for e = 1, n do
-  local b = 4 + (e - 1) * 7
+  local b = FIELDS + (e - 1) * 7
   local s = state[tonumber(ARGV[b + 1])]
   local pos = position[e]
   if status[e] == 4 then

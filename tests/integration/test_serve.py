@@ -7,6 +7,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,7 +142,10 @@ def test_sigkill_and_restart_loses_nothing_and_matches_a_clean_run(
             scorer.wait_ready()
             stream(history, settings.topics.events, settings.kafka_config(), StreamPlan(seed=5, rate=4000),
                    progress=False)
-            if name == "crash":
+            if name == "clean":
+                outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
+                assert scorer.stop() == 0
+            else:
                 wait_for(lambda: scorer.metric("seqscore_predictions_total") > history.n_events * 0.3, timeout=60,
                          interval=0.01, what="a third processed")
                 scorer.stop(signal.SIGKILL)
@@ -149,9 +153,7 @@ def test_sigkill_and_restart_loses_nothing_and_matches_a_clean_run(
             with running(env, tiny_registry, tmp_path / f"{name}-2.log") as again:
                 again.wait_ready()
                 outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
-                again.stop()
-        else:
-            outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
+                assert again.stop() == 0
         results[name] = (predictions_by_event(outputs), redis_state(settings.redis_url, settings.state.key_prefix))
 
     clean, crash = results["clean"], results["crash"]
@@ -215,3 +217,48 @@ def test_new_model_version_is_swapped_in_and_a_broken_one_refused(
         assert versions.count(fresh.name) == 10
         assert scorer.get("/readyz")[0] == 200
     time.sleep(0)
+
+
+def test_profiles_are_joined_and_erasure_removes_everything(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
+) -> None:
+    settings = load_settings()
+    client = redis.Redis.from_url(settings.redis_url)
+    prefix = settings.state.key_prefix
+    history = simulate(5, seed=35)
+    values = [v for _, v in event_values(history)]
+    customers = sorted({orjson.loads(v)["customer_id"] for v in values})
+    keep, forget, tombstoned = customers[0], customers[1], customers[2]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for customer in (keep, forget, tombstoned):
+        profile = {"customer_id": customer, "gender": "F", "age_group": "25-34"}
+        producer.produce(settings.topics.profiles, key=customer, value=orjson.dumps(profile))
+    assert producer.flush(30) == 0
+
+    with running(test_env, tiny_registry, tmp_path / "serve.log") as scorer:
+        scorer.wait_ready()
+        wait_for(lambda: scorer.metric("seqscore_profile_updates_total", 'kind="updated"') >= 3, timeout=60,
+                 what="profiles applied")
+        assert client.get(f"{prefix}:{{c:{keep}}}:p") == bytes([0, 1])
+        for value in values:
+            producer.produce(settings.topics.events, key=orjson.loads(value)["customer_id"], value=value)
+        assert producer.flush(30) == 0
+        read_topic(settings.kafka_bootstrap, settings.topics.next_actions, len(values))
+        assert client.exists(f"{prefix}:{{c:{forget}}}:w", f"{prefix}:{{c:{tombstoned}}}:w") == 2
+
+        # the CLI: removes the keys at once and publishes a tombstone
+        erase = subprocess.run([sys.executable, "-m", "consumer.cli", "erase", "--customer", forget],
+                               env=scorer.env, capture_output=True, text=True, timeout=120)
+        assert erase.returncode == 0, erase.stderr
+        assert "2 Redis keys" in erase.stdout
+        # a tombstone produced by another system: the scorer erases
+        producer.produce(settings.topics.profiles, key=tombstoned, value=None)
+        assert producer.flush(30) == 0
+        wait_for(lambda: scorer.metric("seqscore_profile_updates_total", 'kind="erased"') >= 2, timeout=60,
+                 what="tombstones applied")
+        for customer in (forget, tombstoned):
+            assert client.exists(f"{prefix}:{{c:{customer}}}:w", f"{prefix}:{{c:{customer}}}:p") == 0
+        assert client.exists(f"{prefix}:{{c:{keep}}}:w", f"{prefix}:{{c:{keep}}}:p") == 2
+        tombstones = [m for m in read_topic(settings.kafka_bootstrap, settings.topics.profiles, 5)
+                      if m.value() is None]
+        assert sorted(m.key().decode() for m in tombstones) == sorted([forget, tombstoned])

@@ -180,3 +180,33 @@ def test_many_events_of_one_customer_in_one_batch_all_get_windows(store: StateSt
     assert raw.ts[late, -1] == T0 + 630 and raw.ts[late, -2] == T0 + 600
     assert raw.ts[11, -2] == T0 + 630 and raw.ts[11, -1] == T0 + 660
     assert result.status[late] == LATE_INSERTED
+
+
+def test_preview_stores_nothing_until_written_and_then_equals_apply(store: StateStore, unique: str) -> None:
+    first = batch([("a", 0, T0, "A", "e0"), ("b", 1, T0, "B", "e1")])
+    second = batch([("a", 2, T0 + DAY, "C", "e2"), ("a", 3, T0 + 2 * DAY, "A", "e3")])
+    seen, pending = store.preview(first)
+    assert list(seen.status) == [APPLIED, APPLIED]
+    assert store.raw_value("a") is None, "a preview writes nothing"
+    again, _ = store.preview(first)
+    assert list(again.status) == [APPLIED, APPLIED], "so previewing twice gives the same answer"
+
+    pending.set_alerts(["b"], [True], [T0])
+    seen2, pending2 = store.preview(second, before=pending)  # stores `first`, then reads `second`
+    assert list(seen2.position) == [2, 3] and store.raw_value("a") is not None
+    store.client.script_flush()  # a restarted Redis has no scripts: loaded again, not an error
+    store.write(pending2)
+    store.write(pending2)
+
+    reference = StateStore(store.client, f"r{unique}", store.capacity, store.lateness, store.ttl)
+    try:
+        reference.apply(first)
+        reference.set_alert_state(["b"], [True], [T0])
+        reference.apply(second)
+        for customer in ("a", "b"):
+            assert store.raw_value(customer) == reference.raw_value(customer)
+        replayed, _ = store.preview(second)
+        assert list(replayed.status) == [REPLAY, REPLAY]
+    finally:
+        for key in store.client.scan_iter(f"r{unique}:*"):
+            store.client.delete(key)

@@ -1,0 +1,110 @@
+"""Follows the compacted `customer-profiles` topic into Redis, beside the scoring loop.
+
+Profiles are read by a consumer of their own (group `<group>.profiles`) so that the
+scoring group's assignor balances only event partitions: in one group with both topics,
+cooperative-sticky balances the total count and may hand one instance every event
+partition and the other only profile partitions. A tombstone erases the customer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+
+import redis
+from confluent_kafka import Consumer, KafkaException, Message
+
+from consumer.metrics import Metrics
+from consumer.settings import Settings
+from consumer.source import decode_profile, next_offsets, poll_batch
+from state.store import StateStore
+
+log = logging.getLogger(__name__)
+
+
+def apply_profiles(store: StateStore, metrics: Metrics, messages: list[Message]) -> None:
+    """Apply a batch of profile records (upserts in one call; tombstones erase)."""
+    ids, genders, ages = [], [], []
+    for msg in messages:
+        value = msg.value()
+        if value is None:  # a tombstone: the customer asked to be forgotten
+            key = msg.key()
+            if key:
+                store.erase(key.decode("utf-8", "replace"))
+                metrics.profiles.labels("erased").inc()
+            continue
+        parsed = decode_profile(value)
+        if parsed is None:
+            metrics.profiles.labels("invalid").inc()
+            continue
+        ids.append(parsed[0])
+        genders.append(parsed[1])
+        ages.append(parsed[2])
+    if ids:
+        store.set_profiles(ids, genders, ages)
+        metrics.profiles.labels("updated").inc(len(ids))
+
+
+class ProfileFollower:
+    """A daemon thread: poll profiles, write them to Redis, then store their offsets."""
+
+    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.consumer = Consumer(
+            settings.kafka_config(
+                **{
+                    "group.id": f"{settings.group_id}.profiles",
+                    "enable.auto.commit": True,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "partition.assignment.strategy": "cooperative-sticky",
+                }
+            )
+        )
+
+    def start(self) -> None:
+        self.consumer.subscribe([self.settings.topics.profiles])
+        self._thread = threading.Thread(target=self._run, name="seqscore-profiles", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                messages = [m for m in poll_batch(self.consumer, 1000, 500) if m.error() is None]
+                if messages:
+                    self._apply_until_done(messages)
+        finally:
+            with contextlib.suppress(KafkaException):  # nothing stored since the last auto-commit
+                self.consumer.commit(asynchronous=False)
+            self.consumer.close()
+
+    def _apply_until_done(self, messages: list[Message]) -> None:
+        delay = 0.1
+        while not self._stop.is_set():
+            try:
+                apply_profiles(self.store, self.metrics, messages)
+            except redis.RedisError as exc:
+                self.metrics.redis_errors.inc()
+                log.warning("profiles: Redis unavailable, retrying in %.1fs: %s", delay, exc)
+                self.consumer.pause(self.consumer.assignment())
+                time.sleep(delay)
+                self.consumer.poll(0)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.consumer.resume(self.consumer.assignment())
+            try:
+                self.consumer.store_offsets(offsets=next_offsets(messages))
+            except KafkaException as exc:  # revoked meanwhile: the new owner re-applies (idempotent)
+                log.warning("profiles: storing offsets failed: %s", exc)
+            return
