@@ -289,6 +289,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    from consumer.settings import load_settings
+    from consumer.watch import watch
+
+    settings = load_settings()
+    url = args.metrics_url or f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+    try:
+        watch(url, settings.kafka_bootstrap, settings.topics.next_actions, settings.topics.churn_alerts, args.seconds)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the scorer's metrics at {url}: {exc}") from None
+    return 0
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     import redis
 
@@ -394,6 +407,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("watch", help="live view of a running scorer: throughput, latency, outputs")
+    p.add_argument("--seconds", type=_non_negative_float, default=60.0, help="how long to watch")
+    p.add_argument("--metrics-url", help="the scorer's /metrics URL (default: from the settings)")
+    p.set_defaults(func=cmd_watch)
 
     p = sub.add_parser("erase", help="remove everything stored about a customer (GDPR erasure)")
     p.add_argument("--customer", required=True, help="customer id")

@@ -84,7 +84,6 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576)
-    processing_guarantee: str = Field(default="at_least_once", pattern="^(at_least_once|exactly_once)$")
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough options.")
     topics: TopicSettings = Field(default_factory=TopicSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
