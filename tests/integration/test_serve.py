@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
 from consumer.settings import load_settings
+from state.events import ChurnAlertMessage
 from tests.conftest import wait_for
 from tests.integration.scorer import predictions_by_event, read_topic, running
 from training.simulate import simulate
@@ -83,6 +84,13 @@ def test_scorer_serves_predictions_dead_letters_metrics_and_shuts_down(
             assert headers["seqscore.reason"].decode() and headers["seqscore.detail"]
             assert headers["seqscore.topic"].decode() == settings.topics.events
             assert int(headers["seqscore.offset"]) >= 0 and int(headers["seqscore.partition"]) >= 0
+
+        alerts_sent = int(scorer.metric("seqscore_churn_alerts_total"))
+        alerts = read_topic(settings.kafka_bootstrap, settings.topics.churn_alerts, alerts_sent)
+        assert alerts_sent > 0 and len(alerts) == alerts_sent
+        for msg in alerts:
+            alert = ChurnAlertMessage.model_validate_json(msg.value())
+            assert alert.event_id in by_event and alert.model_version == sample["model_version"]
 
         assert scorer.get("/healthz")[0] == 200
         status, body = scorer.get("/metrics")

@@ -1,0 +1,83 @@
+"""The serving model runner and the output builders, on a tiny trained model (no servers)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from consumer.emit import churn_alert_value, next_action_values
+from consumer.scoring import ModelRefused, ModelRunner
+from state.encoding import FIRST_TOKEN
+from state.events import ChurnAlertMessage, NextActionMessage
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_registry: Path) -> ModelRunner:
+    return ModelRunner(tiny_registry / "CURRENT")
+
+
+def smoke_inputs(runner: ModelRunner, n: int) -> dict[str, np.ndarray]:
+    smoke = runner.manifest["smoke"]["inputs"]
+    inputs = {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke.items()}
+    reps = -(-n // len(inputs["tokens"]))
+    return {k: np.concatenate([v] * reps)[:n] for k, v in inputs.items()}
+
+
+def test_padding_to_a_bucket_never_changes_a_row(runner: ModelRunner) -> None:
+    inputs = smoke_inputs(runner, 70)  # bucket 256 for all, 16 for the first 5
+    proba_all, risk_all = runner.infer(inputs)
+    proba_few, risk_few = runner.infer({k: v[:5] for k, v in inputs.items()})
+    assert proba_all.shape == (70, runner.spec.n_classes) and risk_all.shape == (70,)
+    assert np.allclose(proba_all[:5], proba_few, atol=1e-6) and np.allclose(risk_all[:5], risk_few, atol=1e-6)
+    assert np.allclose(proba_all.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_forecast_feeds_each_predicted_step_back(runner: ModelRunner) -> None:
+    inputs = smoke_inputs(runner, 4)
+    first, _ = runner.infer(inputs)
+    steps = runner.forecast(inputs, first, 3)
+    assert steps.shape == (4, 3)
+    assert (steps[:, 0] == first.argmax(axis=1)).all()
+    tokens = np.concatenate([inputs["tokens"][:, 1:], (steps[:, :1] + FIRST_TOKEN).astype(np.int32)], axis=1)
+    fed = inputs["steps"].copy()
+    fed = np.concatenate([fed[:, 1:], fed[:, -1:]], axis=1)
+    fed[:, -1, 0] = 0.0
+    context = inputs["context"].copy()
+    context[:, 0] = 0.0
+    second, _ = runner.infer({"tokens": tokens, "steps": fed, "context": context})
+    assert (steps[:, 1] == second.argmax(axis=1)).all()
+
+
+def test_a_version_that_disagrees_with_its_training_run_is_refused(tiny_registry: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "v"
+    shutil.copytree((tiny_registry / "CURRENT").resolve(), broken)
+    manifest = json.loads((broken / "manifest.json").read_text())
+    manifest["smoke"]["churn"] = [1.0 - c for c in manifest["smoke"]["churn"]]
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelRefused, match="smoke check"):
+        ModelRunner(broken)
+
+
+def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
+    inputs = smoke_inputs(runner, 2)
+    proba, risk = runner.infer(inputs)
+    steps = runner.forecast(inputs, proba, 2)
+    values = next_action_values(["e1", "e2"], ["c1", "c2"], np.array([1_650_000_000, 1_650_000_100]), proba, risk,
+                                runner.spec.vocabulary, runner.version, 3, steps, np.array([False, True]))
+    messages = [NextActionMessage.model_validate_json(v) for v in values]
+    assert [m.event_id for m in messages] == ["e1", "e2"] and messages[1].late
+    assert len(messages[0].actions) == 3 and messages[0].steps is not None and len(messages[0].steps) == 2
+    probabilities = [a.probability for a in messages[0].actions]
+    assert probabilities == sorted(probabilities, reverse=True)
+    again = next_action_values(["e1"], ["c1"], np.array([1_650_000_000]), proba[:1], risk[:1],
+                               runner.spec.vocabulary, runner.version, 3, None, np.array([False]))
+    assert json.loads(again[0])["prediction_id"] == messages[0].prediction_id, "deterministic"
+
+    alert = ChurnAlertMessage.model_validate_json(
+        churn_alert_value("alert", "event", "e1", "c1", runner.version, 0.7, 0.5, 1_650_000_000, "p")
+    )
+    assert alert.kind == "alert" and alert.prediction_id != messages[0].prediction_id
