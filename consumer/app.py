@@ -156,6 +156,8 @@ class Scorer:
                     "auto.offset.reset": "earliest",
                     "partition.assignment.strategy": "cooperative-sticky",
                     "enable.partition.eof": False,
+                    # a killed member's partitions move after 10 s, not librdkafka's 45 s
+                    "session.timeout.ms": s.kafka.get("session.timeout.ms", "10000"),
                 }
             )
         )
@@ -421,8 +423,7 @@ class Scorer:
         if len(decisions.customers):
             # stored with the window, after the alerts are acknowledged: a crash in between
             # re-sends the alert (same prediction_id), never loses it
-            changed = [applied.customers[c] for c in decisions.customers]
-            write.set_alerts(changed, decisions.alerted.tolist(), decisions.alert_ts.tolist())
+            write.set_alerts(decisions.customers.tolist(), decisions.alerted.tolist(), decisions.alert_ts.tolist())
         timers["produce"].observe(time.perf_counter() - t)
         return write
 

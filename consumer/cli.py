@@ -302,6 +302,28 @@ def cmd_watch(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    _quiet_tensorflow()
+    from consumer.bench import BenchOptions, run_bench, table
+    from consumer.settings import load_settings
+
+    options = BenchOptions(
+        events=args.events, customers=args.customers, window=args.window, model=args.model,
+        instances=args.instances, latency_seconds=args.latency_seconds, rate=args.rate,
+        baseline_seconds=args.baseline_seconds, repeat=args.repeat, seed=args.seed,
+    )
+
+    def write(result: dict[str, object]) -> None:
+        print(table(result))
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}", file=sys.stderr)
+
+    run_bench(options, load_settings(), write)
+    return 0
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     import redis
 
@@ -407,6 +429,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("bench", help="measure the pipeline on the local stack against a per-event baseline")
+    p.add_argument("--events", type=_positive_int, default=200_000, help="events for the throughput run")
+    p.add_argument("--customers", type=_positive_int, default=20_000)
+    p.add_argument("--window", type=_positive_int, default=50, help="window of the model trained for the run")
+    p.add_argument("--model", type=Path, help="serve this version or registry instead of training one")
+    p.add_argument("--instances", type=_positive_int, default=1, help="also run this many scorers in one group")
+    p.add_argument("--rate", type=_non_negative_float, help="latency run events/s (default: half the throughput)")
+    p.add_argument("--latency-seconds", type=_non_negative_float, default=20.0)
+    p.add_argument("--baseline-seconds", type=_non_negative_float, default=20.0)
+    p.add_argument("--repeat", type=_positive_int, default=1, help="throughput and baseline runs (medians)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("watch", help="live view of a running scorer: throughput, latency, outputs")
     p.add_argument("--seconds", type=_non_negative_float, default=60.0, help="how long to watch")

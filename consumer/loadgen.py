@@ -141,6 +141,20 @@ def stream(
     """Produce the history to `topic` (key = customer_id) at `plan.rate`; flush before returning."""
     report = StreamReport()
     records = plan_records(history, plan, report)
+    report.sent, report.seconds = send(records, topic, producer_config, plan.rate, progress)
+    return report
+
+
+def send(
+    records: list[tuple[bytes, bytes]],
+    topic: str,
+    producer_config: dict[str, object],
+    rate: float = 0.0,
+    progress: bool = True,
+    deadline_s: float | None = None,
+) -> tuple[int, float]:
+    """Produce (key, value) records at `rate` per second (0: as fast as possible), stopping
+    early after `deadline_s`; flush, raise if any was not delivered. Returns (sent, seconds)."""
     producer = Producer({"linger.ms": 5, "compression.type": "lz4", "acks": "all", **producer_config})
     errors: list[str] = []
 
@@ -150,9 +164,10 @@ def stream(
 
     started = time.monotonic()
     last_note = started
+    sent = 0
     for i, (key, value) in enumerate(records):
-        if plan.rate > 0:
-            due = started + i / plan.rate
+        if rate > 0:
+            due = started + i / rate
             while (now := time.monotonic()) < due:
                 producer.poll(min(due - now, 0.01))
         while True:
@@ -161,15 +176,16 @@ def stream(
                 break
             except BufferError:  # local queue full: let deliveries drain
                 producer.poll(0.05)
+        sent += 1
         if i % 1000 == 0:
             producer.poll(0)
-            if progress and time.monotonic() - last_note > 2:
-                last_note = time.monotonic()
-                rate = i / (last_note - started)
-                print(f"  streamed {i:,}/{len(records):,} records ({rate:,.0f}/s)", file=sys.stderr)
+            now = time.monotonic()
+            if deadline_s is not None and now - started > deadline_s:
+                break
+            if progress and now - last_note > 2:
+                last_note = now
+                print(f"  streamed {i:,}/{len(records):,} records ({i / (now - started):,.0f}/s)", file=sys.stderr)
     remaining = producer.flush(60)
-    report.sent = len(records)
-    report.seconds = time.monotonic() - started
     if errors or remaining:
         raise KafkaUnavailable(f"delivery to {topic} failed: {errors[0] if errors else f'{remaining} records unsent'}")
-    return report
+    return sent, time.monotonic() - started

@@ -99,6 +99,10 @@ class ModelRunner:
         next_proba, churn = self._forward(inputs["tokens"], inputs["steps"], inputs["context"])
         return next_proba.numpy(), churn.numpy().reshape(-1)
 
+    def infer_unpadded(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """One call at exactly this batch size (the per-event baseline's way; no bucket padding)."""
+        return self._call(inputs)
+
     def infer(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """(next-action probabilities (n, classes), churn risk (n,)) in one call per bucket-sized chunk."""
         n = len(inputs["tokens"])

@@ -28,6 +28,7 @@ class Scrape:
     counters: dict[str, float] = field(default_factory=dict)
     buckets: dict[str, list[tuple[float, float]]] = field(default_factory=dict)  # name -> [(le, cumulative)]
     sums: dict[str, float] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # seqscore_stage_seconds_sum by stage
     lag: float = 0.0
     model: str = "-"
 
@@ -40,7 +41,9 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             name, labels, value = sample.name, sample.labels, sample.value
-            if name.endswith("_bucket") and not labels.get("stage"):
+            if name == "seqscore_stage_seconds_sum":
+                result.stage_seconds[labels["stage"]] = value
+            elif name.endswith("_bucket") and not labels.get("stage"):
                 buckets[name.removesuffix("_bucket")].append((float(labels["le"]), value))
             elif name.endswith("_sum") and not labels.get("stage"):
                 result.sums[name.removesuffix("_sum")] = value

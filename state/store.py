@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -42,6 +42,7 @@ HEADER_DTYPE = np.dtype(
 RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
 EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
 STORED_HEADER_BYTES = 32
+ARGS_HEAD = 6  # capacity, lateness, ttl, n, mode, alert updates
 FLAG_ALERTED = 1
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
@@ -130,16 +131,18 @@ class PendingWrite:
     """A batch's state change, computed but not yet stored. The scorer stores it only after
     the batch's outputs are acknowledged: a crash before that replays the batch against
     unchanged state (same windows, same predictions), and a replay of a stored batch means
-    its outputs were delivered, so it needs no window."""
+    its outputs were delivered, so it needs no window. Alert state changes travel in the
+    same atomic script call as the events."""
 
     keys: list[str]
-    args: list[int | str]
-    alert_customers: list[str] = field(default_factory=list)
-    alerted: list[bool] = field(default_factory=list)
-    alert_ts: list[int] = field(default_factory=list)
+    args: list[int | str]  # the script's arguments for this batch, mode 'w', no alert updates yet
 
-    def set_alerts(self, customers: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
-        self.alert_customers, self.alerted, self.alert_ts = customers, alerted, alert_ts
+    def set_alerts(self, customers: list[int], alerted: list[bool], alert_ts: list[int]) -> None:
+        """Alert state per customer, by index in the batch's customer order."""
+        updates = [v for c, on, ts in zip(customers, alerted, alert_ts, strict=True) for v in (c + 1, int(on), ts)]
+        self.args[5] = len(customers)
+        del self.args[ARGS_HEAD + 7 * int(self.args[3]) :]
+        self.args.extend(updates)
 
 
 class StateStore:
@@ -156,11 +159,6 @@ class StateStore:
         self.ttl = ttl_seconds
         source = resources.files("state").joinpath("scripts/apply_batch.lua").read_text()
         self._apply = client.register_script(source)
-        # SETRANGE alone would create a zero-filled key for a customer erased meanwhile
-        self._set_alert = client.register_script(
-            "if redis.call('EXISTS', KEYS[1]) == 1 then return redis.call('SETRANGE', KEYS[1], 20, ARGV[1]) end"
-            " return 0"
-        )
 
     def window_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{c:{customer_id}}}:w"
@@ -194,9 +192,7 @@ class StateStore:
         self._execute(lambda pipe: self._queue_write(pipe, pending))
 
     def _queue_write(self, pipe: Pipeline, pending: PendingWrite) -> None:
-        if pending.keys:
-            pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.args)
-        self._queue_alerts(pipe, pending.alert_customers, pending.alerted, pending.alert_ts)
+        pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.args)
 
     def _execute(self, queue: Callable[[Pipeline], None]) -> list[Any]:
         """One round trip; loads the scripts once if this Redis has not seen them (restart)."""
@@ -208,8 +204,7 @@ class StateStore:
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                for script in (self._apply, self._set_alert):  # the sha is the script's own hash
-                    self.client.script_load(script.script)
+                self.client.script_load(self._apply.script)  # its sha is the script's own hash
         raise AssertionError("unreachable")
 
     def _script_call(
@@ -224,7 +219,7 @@ class StateStore:
         fields = np.column_stack(
             [customer_index + 1, batch.partition, batch.offset, batch.ts, batch.coarse, batch.fine, batch.tag]
         ).astype(np.int64)
-        args: list[int | str] = [self.capacity, self.lateness, self.ttl, len(batch), mode, *fields.ravel().tolist()]
+        args: list[int | str] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0, *fields.ravel().tolist()]
         return customers, customer_index, keys, args
 
     @staticmethod
@@ -253,16 +248,6 @@ class StateStore:
         for customer, g, a in zip(customer_ids, gender, age_group, strict=True):
             pipe.set(self.profile_key(customer), bytes([g if g >= 0 else 255, a if a >= 0 else 255]), ex=self.ttl)
         pipe.execute(raise_on_error=True)
-
-    def set_alert_state(self, customer_ids: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
-        """Record churn-alert state (hysteresis, cooldown) in the windows' headers, in one round trip."""
-        self._execute(lambda pipe: self._queue_alerts(pipe, customer_ids, alerted, alert_ts))
-
-    def _queue_alerts(self, pipe: Pipeline, customer_ids: list[str], alerted: list[bool], alert_ts: list[int]) -> None:
-        for customer, on, when in zip(customer_ids, alerted, alert_ts, strict=True):
-            # alert_ts at byte 20, flags at byte 24 of the header; both little-endian u32
-            state = int(when).to_bytes(4, "little") + (FLAG_ALERTED if on else 0).to_bytes(4, "little")
-            pipe.evalsha(self._set_alert.sha, 1, self.window_key(customer), state)
 
     def erase(self, customer_id: str) -> int:
         """Delete everything stored about a customer; returns the number of keys removed."""

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,18 +16,6 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KAFKA = os.environ.get("SEQSCORE_TEST_KAFKA", "127.0.0.1:9092")
 REDIS = os.environ.get("SEQSCORE_TEST_REDIS", "redis://127.0.0.1:6379/15")
-
-
-def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
-    """Poll `condition` until it returns a truthy value, against a monotonic deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or condition}")
-        time.sleep(interval)
 
 
 def _kafka_answers() -> bool:
@@ -112,11 +99,3 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=2, seed=1,
                      model=ModelConfig(units=16, dense_units=16)))
     return root / "models"
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])

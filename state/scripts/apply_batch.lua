@@ -2,8 +2,11 @@
 --
 -- KEYS: for customer i (1-based): KEYS[2i-1] = window key, KEYS[2i] = profile key
 --       (both carry the customer's hash tag, so one customer stays in one Cluster slot).
--- ARGV: capacity, lateness seconds, ttl seconds, event count n, mode, then 7 fields per
---       event: customer index, partition, offset, ts, coarse code, fine code, tag.
+-- ARGV: capacity, lateness seconds, ttl seconds, event count n, mode, alert update count m,
+--       then 7 fields per event: customer index, partition, offset, ts, coarse code, fine
+--       code, tag; then 3 per alert update: customer index, alerted (0/1), alert ts. Alert
+--       updates are applied in 'w' mode only, in the same atomic call as the events, so a
+--       client killed mid-send never leaves a window without its alert state.
 --       mode: 'r' computes and replies without writing (the scorer scores from this, and
 --       writes only after the outputs are acknowledged), 'w' writes and replies 0, 'rw' both.
 --       The same batch gives the same result in every mode, so 'r' then 'w' equals 'rw'.
@@ -25,7 +28,8 @@ local HDR, REC = 32, 16
 local TAG_SCAN = 32
 local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
-local FIELDS = 5
+local n_alerts = tonumber(ARGV[6])
+local FIELDS = 6
 local ncust = #KEYS / 2
 
 local state = {}
@@ -104,6 +108,13 @@ for e = 1, n do
 end
 
 if writes then
+  for k = 1, n_alerts do
+    local b = FIELDS + n * 7 + (k - 1) * 3
+    local s = state[tonumber(ARGV[b + 1])]
+    s.flags = s.flags - s.flags % 2 + tonumber(ARGV[b + 2])
+    s.alert_ts = tonumber(ARGV[b + 3])
+    s.dirty = true
+  end
   for i = 1, ncust do
     local s = state[i]
     if s.dirty then

@@ -17,11 +17,10 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from consumer.harness import predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
 from consumer.settings import load_settings
 from state.events import ChurnAlertMessage
-from tests.conftest import wait_for
-from tests.integration.scorer import predictions_by_event, read_topic, running
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow

@@ -13,12 +13,13 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
+from consumer.harness import free_port, wait_for
 from consumer.loadgen import StreamPlan, stream
 from consumer.settings import load_settings
 from consumer.topics import ensure_topics
 from state.errors import InvalidEvent
 from state.events import decode_event
-from tests.conftest import REPO, wait_for
+from tests.conftest import REPO
 from training.simulate import simulate
 
 STACK = str(REPO / "deploy" / "stack")
@@ -118,12 +119,6 @@ def test_up_twice_is_harmless(stack: dict[str, str]) -> None:
     assert status.returncode == 0 and "kafka  running" in status.stdout and "redis  running" in status.stdout
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_taken_port_is_one_clear_line(tmp_path: Path) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -146,8 +141,8 @@ def test_missing_java_names_the_fix(tmp_path: Path) -> None:
     env = {
         "PATH": str(bin_dir),
         "SEQSCORE_STACK_DIR": str(tmp_path / "run"),
-        "SEQSCORE_STACK_KAFKA_PORT": str(_free_port()),
-        "SEQSCORE_STACK_CONTROLLER_PORT": str(_free_port()),
+        "SEQSCORE_STACK_KAFKA_PORT": str(free_port()),
+        "SEQSCORE_STACK_CONTROLLER_PORT": str(free_port()),
     }
     result = subprocess.run(["bash", STACK, "up", "kafka"], capture_output=True, text=True, timeout=30, env=env)
     assert result.returncode != 0
@@ -155,7 +150,7 @@ def test_missing_java_names_the_fix(tmp_path: Path) -> None:
 
 
 def test_down_stops_only_what_up_started(tmp_path: Path) -> None:
-    env = os.environ | {"SEQSCORE_STACK_DIR": str(tmp_path), "SEQSCORE_STACK_REDIS_PORT": str(_free_port())}
+    env = os.environ | {"SEQSCORE_STACK_DIR": str(tmp_path), "SEQSCORE_STACK_REDIS_PORT": str(free_port())}
     subprocess.run([STACK, "up", "redis"], check=True, capture_output=True, timeout=60, env=env)
     pid = int((tmp_path / "redis.pid").read_text())
     assert Path(f"/proc/{pid}").exists()

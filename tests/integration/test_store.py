@@ -117,20 +117,16 @@ def test_profiles_join_and_erase_removes_everything(store: StateStore) -> None:
     assert store.raw_value("a") is None
 
 
-def test_alert_state_survives_in_the_header(store: StateStore) -> None:
-    store.apply(batch([("a", 0, T0, "A", "e0")]))
-    store.set_alert_state(["a"], [True], [T0])
-    result = store.apply(batch([("a", 1, T0 + DAY, "A", "e1")]))
-    assert int(result.headers["flags"][0]) == 1 and int(result.headers["alert_ts"][0]) == T0
-
-
-def test_alert_state_of_an_erased_customer_is_not_resurrected(store: StateStore) -> None:
-    """The scorer writes alert state after the outputs are acknowledged; an erasure in
-    between must not leave a headerless key behind."""
-    store.apply(batch([("a", 0, T0, "A", "e0")]))
-    assert store.erase("a") == 1
-    store.set_alert_state(["a"], [True], [T0])
-    assert store.raw_value("a") is None
+def test_alert_state_is_stored_with_the_window_and_survives_in_the_header(store: StateStore) -> None:
+    _, pending = store.preview(batch([("b", 0, T0, "B", "e9"), ("a", 1, T0, "A", "e0")]))
+    pending.set_alerts([1], [True], [T0])  # customer index 1 of the batch: "a"
+    store.write(pending)
+    result = store.apply(batch([("a", 2, T0 + DAY, "A", "e1"), ("b", 3, T0 + DAY, "B", "e2")]))
+    assert list(result.headers["flags"]) == [1, 0] and int(result.headers["alert_ts"][0]) == T0
+    _, recover = store.preview(batch([("a", 4, T0 + 2 * DAY, "A", "e3")]))
+    recover.set_alerts([0], [False], [T0 + 2 * DAY])
+    store.write(recover)
+    assert int(store.apply(batch([("a", 4, T0 + 2 * DAY, "A", "e3")])).headers["flags"][0]) == 0
 
 
 def test_state_windows_equal_training_windows(store: StateStore) -> None:
@@ -191,7 +187,7 @@ def test_preview_stores_nothing_until_written_and_then_equals_apply(store: State
     again, _ = store.preview(first)
     assert list(again.status) == [APPLIED, APPLIED], "so previewing twice gives the same answer"
 
-    pending.set_alerts(["b"], [True], [T0])
+    pending.set_alerts([1], [True], [T0])
     seen2, pending2 = store.preview(second, before=pending)  # stores `first`, then reads `second`
     assert list(seen2.position) == [2, 3] and store.raw_value("a") is not None
     store.client.script_flush()  # a restarted Redis has no scripts: loaded again, not an error
@@ -200,8 +196,9 @@ def test_preview_stores_nothing_until_written_and_then_equals_apply(store: State
 
     reference = StateStore(store.client, f"r{unique}", store.capacity, store.lateness, store.ttl)
     try:
-        reference.apply(first)
-        reference.set_alert_state(["b"], [True], [T0])
+        _, reference_first = reference.preview(first)
+        reference_first.set_alerts([1], [True], [T0])
+        reference.write(reference_first)
         reference.apply(second)
         for customer in ("a", "b"):
             assert store.raw_value(customer) == reference.raw_value(customer)

@@ -1,4 +1,5 @@
-"""Helpers to run `seqscore serve` as a real process and read what it produced."""
+"""Run `seqscore serve` as a child process and read what it produced: used by the benchmark
+and by the integration tests."""
 
 from __future__ import annotations
 
@@ -9,13 +10,31 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from confluent_kafka import Consumer, Message
 
-from tests.conftest import free_port, wait_for
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
+    """Poll `condition` until it returns a truthy value, against a monotonic deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class ScorerProcess:
@@ -105,6 +124,6 @@ def read_topic(bootstrap: str, topic: str, until: int, timeout: float = 90.0) ->
 def predictions_by_event(messages: list[Message]) -> dict[str, list[dict[str, object]]]:
     out: dict[str, list[dict[str, object]]] = {}
     for msg in messages:
-        value = json.loads(msg.value())
+        value = json.loads(msg.value() or b"null")
         out.setdefault(value["event_id"], []).append(value)
     return out

@@ -1,0 +1,435 @@
+"""`seqscore bench`: the whole pipeline on the real local stack, beside a per-event baseline.
+
+Phases, each on fresh topics, a fresh consumer group and a fresh Redis key prefix:
+ 1. throughput: N simulated events pre-produced, one `seqscore serve` child drains them;
+    steady state is the 5 %..95 % stretch (start-up and model load excluded), stage shares
+    come from the scorer's own stage histograms over the same stretch;
+ 2. latency: a producer at a fixed rate (default half the throughput) for a fixed time;
+    latency is output produce timestamp minus input produce timestamp, both as stored by
+    the broker, joined by event_id;
+ 3. baseline: the same model, broker and Redis, one event at a time (consumer/baseline.py);
+ 4. inference alone per batch size; Redis bytes per customer; scorer peak RSS;
+ 5. with --instances 2: two scorers in one group, every event_id counted.
+Figures are ratios within one run and medians over --repeat runs: these machines are noisy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running
+from consumer.loadgen import event_values, send
+from consumer.settings import Settings
+from consumer.topics import ensure_topics
+from consumer.watch import Scrape, scrape
+from training.simulate import simulate
+
+BATCH_SIZES = (1, 32, 256, 1024, 4096)
+STEADY = (0.05, 0.95)
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@dataclass
+class BenchOptions:
+    events: int = 200_000
+    customers: int = 20_000
+    window: int = 50
+    model: Path | None = None
+    instances: int = 1
+    latency_seconds: float = 20.0
+    rate: float | None = None
+    baseline_seconds: float = 20.0
+    repeat: int = 1
+    seed: int = 0
+    workdir: Path = Path("data/bench")
+
+
+@dataclass
+class Phase:
+    """Names of one phase: topics, group and key prefix, as settings and as the child's environment."""
+
+    settings: Settings
+    env: dict[str, str]
+
+
+def make_phase(settings: Settings, run_id: str, tag: str) -> Phase:
+    base = f"bench-{run_id}-{tag}"
+    topics = settings.topics.model_copy(
+        update={
+            "events": f"{base}-events",
+            "dlq": f"{base}-events.dlq",
+            "next_actions": f"{base}-next-actions",
+            "churn_alerts": f"{base}-churn-alerts",
+            "profiles": f"{base}-profiles",
+        }
+    )
+    prefix = f"bench{run_id}{tag}"
+    phase_settings = settings.model_copy(
+        update={"topics": topics, "group_id": base, "state": settings.state.model_copy(update={"key_prefix": prefix})}
+    )
+    env = {
+        "SEQSCORE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "SEQSCORE_REDIS_URL": settings.redis_url,
+        "SEQSCORE_GROUP_ID": base,
+        "SEQSCORE_STATE__KEY_PREFIX": prefix,
+        "SEQSCORE_TOPICS__EVENTS": topics.events,
+        "SEQSCORE_TOPICS__DLQ": topics.dlq,
+        "SEQSCORE_TOPICS__NEXT_ACTIONS": topics.next_actions,
+        "SEQSCORE_TOPICS__CHURN_ALERTS": topics.churn_alerts,
+        "SEQSCORE_TOPICS__PROFILES": topics.profiles,
+    }
+    ensure_topics(phase_settings)
+    return Phase(phase_settings, env)
+
+
+def peak_rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+def steady_state(samples: list[Scrape], total: int) -> tuple[float, dict[str, float]]:
+    """Events/s between the samples that first passed 5 % and 95 % of `total`, and each
+    stage's share of the loop's time over the same stretch."""
+    def events(s: Scrape) -> float:
+        return s.counters.get("seqscore_events_total", 0.0)
+
+    lo = next(s for s in samples if events(s) >= STEADY[0] * total)
+    hi = next(s for s in samples if events(s) >= STEADY[1] * total)
+    eps = (events(hi) - events(lo)) / max(hi.at - lo.at, 1e-9)
+    spent = {k: hi.stage_seconds.get(k, 0.0) - lo.stage_seconds.get(k, 0.0) for k in hi.stage_seconds}
+    busy = sum(v for k, v in spent.items() if k != "poll") or 1.0
+    return eps, {k: round(v / busy, 4) for k, v in spent.items() if k != "poll"}
+
+
+def drain(scorers: list[ScorerProcess], total: int, timeout_s: float) -> list[Scrape]:
+    """Scrape the scorers (summed) every 0.2 s until they consumed `total` events."""
+    samples: list[Scrape] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        parts = [scrape(s.url("/metrics")) for s in scorers]
+        merged = Scrape(at=time.monotonic())
+        for part in parts:
+            for key, value in part.counters.items():
+                merged.counters[key] = merged.counters.get(key, 0.0) + value
+            for key, value in part.stage_seconds.items():
+                merged.stage_seconds[key] = merged.stage_seconds.get(key, 0.0) + value
+        samples.append(merged)
+        if merged.counters.get("seqscore_events_total", 0.0) >= total:
+            return samples
+        time.sleep(0.2)
+    raise TimeoutError(f"the scorer did not consume {total:,} events within {timeout_s:.0f}s")
+
+
+class Bench:
+    def __init__(self, options: BenchOptions, settings: Settings) -> None:
+        self.options = options
+        self.settings = settings
+        self.run_id = uuid.uuid4().hex[:8]
+        self.workdir = options.workdir / self.run_id
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.registry = Path()
+        self.phases: list[Phase] = []
+
+    # -- inputs ---------------------------------------------------------------------------
+    def records(self, n: int, seed: int) -> list[tuple[bytes, bytes]]:
+        """n simulated events of the bench's customers, in time order, ending now."""
+        history = simulate(self.options.customers, seed=seed)
+        if history.n_events < n:
+            scale = 1.05 * n / max(history.n_events, 1)
+            history = simulate(self.options.customers, seed=seed, activity_scale=scale)
+        values = event_values(history, shift_to=int(time.time()))
+        return [record for _, record in zip(range(n), values, strict=False)]
+
+    def model(self) -> Path:
+        """A registry whose CURRENT is the model to serve: the given one, or trained now."""
+        from training.registry import Registry, resolve_model_dir
+
+        if self.options.model is not None:
+            version = resolve_model_dir(self.options.model).resolve()
+            registry = self.workdir / "models"
+            registry.mkdir(exist_ok=True)
+            (registry / "CURRENT").symlink_to(version)
+            Registry(registry).current()
+            return registry
+        from training.history import history_table, write_table
+        from training.train import TrainOptions, run
+
+        events = self.workdir / "train.parquet"
+        write_table(history_table(simulate(min(self.options.customers, 4000), seed=self.options.seed + 1)), events)
+        note(f"training a model (window {self.options.window}, LSTM 64) for the benchmark ...")
+        run(TrainOptions(events=str(events), registry=self.workdir / "models", window=self.options.window,
+                         epochs=2, seed=self.options.seed, promote="always"))
+        return self.workdir / "models"
+
+    def phase(self, tag: str) -> Phase:
+        phase = make_phase(self.settings, self.run_id, tag)
+        self.phases.append(phase)
+        return phase
+
+    # -- phases ---------------------------------------------------------------------------
+    def throughput(self, records: list[tuple[bytes, bytes]], tag: str, instances: int = 1) -> dict[str, Any]:
+        phase = self.phase(tag)
+        send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
+        note(f"[{tag}] {len(records):,} events pre-produced; draining with {instances} scorer(s) ...")
+        logs = [self.workdir / f"{tag}-{i}.log" for i in range(instances)]
+        scorers = [ScorerProcess(phase.env, self.registry, log).start() for log in logs]
+        try:
+            for scorer in scorers:
+                scorer.wait_ready(timeout=300)
+            samples = drain(scorers, len(records), timeout_s=max(600.0, len(records) / 100))
+            rss = max(peak_rss_mb(s.process.pid) for s in scorers if s.process is not None)
+            outputs = None
+            if instances > 1:
+                outputs = predictions_by_event(
+                    read_topic(self.settings.kafka_bootstrap, phase.settings.topics.next_actions, len(records))
+                )
+        finally:
+            for scorer in scorers:
+                scorer.stop()
+        eps, shares = steady_state(samples, len(records))
+        result: dict[str, Any] = {
+            "eps": eps, "stage_share": shares, "rss_mb": rss, "prefix": phase.settings.state.key_prefix
+        }
+        if outputs is not None:
+            sent = {orjson_event_id(v) for _, v in records}
+            result["missing"] = len(sent - set(outputs))
+            result["duplicated"] = sum(1 for v in outputs.values() if len(v) > 1)
+        note(f"[{tag}] steady state {eps:,.0f} events/s")
+        return result
+
+    def latency(self, rate: float, records: list[tuple[bytes, bytes]]) -> dict[str, float]:
+        phase = self.phase("latency")
+        seconds = self.options.latency_seconds
+        note(f"[latency] producing at {rate:,.0f} events/s for {seconds:.0f}s ...")
+        with running(phase.env, self.registry, self.workdir / "latency.log") as scorer:
+            scorer.wait_ready(timeout=300)
+            sent, took = send(records, phase.settings.topics.events, self.settings.kafka_config(), rate=rate,
+                              progress=False, deadline_s=seconds)
+            outputs = read_topic(self.settings.kafka_bootstrap, phase.settings.topics.next_actions, sent)
+            scorer.stop()
+        inputs = read_topic(self.settings.kafka_bootstrap, phase.settings.topics.events, sent)
+        produced = {orjson_event_id(m.value() or b"{}"): m.timestamp()[1] for m in inputs}
+        delays = np.array(
+            [m.timestamp()[1] - produced[e] for m in outputs if (e := orjson_event_id(m.value() or b"{}")) in produced],
+            dtype=np.float64,
+        )
+        return {
+            "offered_eps": sent / took,
+            "p50": float(np.percentile(delays, 50)),
+            "p95": float(np.percentile(delays, 95)),
+            "p99": float(np.percentile(delays, 99)),
+            "max": float(delays.max()),
+            "n": float(len(delays)),
+        }
+
+    def baseline(self, records: list[tuple[bytes, bytes]], runner: Any) -> float:
+        from consumer.baseline import run_baseline
+
+        phase = self.phase("baseline")
+        send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
+        note(f"[baseline] one event at a time for {self.options.baseline_seconds:.0f}s ...")
+        result = run_baseline(runner, self.settings.kafka_config(), self.settings.redis_url,
+                              phase.settings.state.key_prefix, phase.settings.topics.events,
+                              phase.settings.topics.next_actions, len(records) - 100, self.options.baseline_seconds)
+        note(f"[baseline] {result.eps:,.0f} events/s ({result.events:,} events)")
+        return result.eps
+
+    def redis_bytes(self, prefix: str, capacity: int, sample: int = 2000) -> tuple[float, float]:
+        """Mean MEMORY USAGE per customer over a sample, and over the sampled full windows."""
+        import redis
+
+        client = redis.Redis.from_url(self.settings.redis_url)
+        keys = []
+        for key in client.scan_iter(match=f"{prefix}:*:w", count=1000):
+            keys.append(key)
+            if len(keys) >= sample:
+                break
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.memory_usage(key, samples=0)
+            pipe.strlen(key)
+        replies = pipe.execute()
+        usage, lengths = np.array(replies[0::2], dtype=np.float64), np.array(replies[1::2])
+        full = usage[lengths == 32 + 16 * capacity]
+        return float(usage.mean()) if len(usage) else float("nan"), float(full.mean()) if len(full) else float("nan")
+
+    def cleanup(self) -> None:
+        """Delete the bench's topics and Redis keys."""
+        import redis
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(self.settings.kafka_config())
+        names = [name for phase in self.phases for name in phase.settings.topics.names()]
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # best effort: a topic left behind is only disk
+                future.result(timeout=60)
+        client = redis.Redis.from_url(self.settings.redis_url)
+        for phase in self.phases:
+            for key in client.scan_iter(match=f"{phase.settings.state.key_prefix}:*", count=1000):
+                client.unlink(key)
+
+
+def orjson_event_id(value: bytes) -> str:
+    import orjson
+
+    return str(orjson.loads(value).get("event_id", ""))
+
+
+def inference_alone(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Sequences/s and ms per call for each batch size (median of calls over about 1 s)."""
+    out = {}
+    for size in BATCH_SIZES:
+        reps = -(-size // len(inputs["tokens"]))
+        batch = {k: np.concatenate([v] * reps)[:size] for k, v in inputs.items()}
+        runner.infer(batch)
+        times: list[float] = []
+        started = time.monotonic()
+        while len(times) < 3 or (time.monotonic() - started < 1.0 and len(times) < 200):
+            t = time.perf_counter()
+            runner.infer(batch)
+            times.append(time.perf_counter() - t)
+        median = statistics.median(times)
+        out[str(size)] = {"sps": size / median, "ms_per_batch": median * 1000}
+    return out
+
+
+def machine_info(settings: Settings) -> dict[str, Any]:
+    import confluent_kafka
+    import redis
+    import tensorflow as tf
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    redis_version = redis.Redis.from_url(settings.redis_url).info("server").get("redis_version", "?")
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "numpy": np.__version__,
+        "librdkafka": confluent_kafka.libversion()[0],
+        "redis_server": redis_version,
+        "gpu": [d.name for d in tf.config.list_physical_devices("GPU")] or None,
+    }
+
+
+def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    from consumer.scoring import ModelRunner
+    from training.registry import resolve_model_dir
+
+    bench = Bench(options, settings)
+    try:
+        bench.registry = bench.model()
+        runner = ModelRunner(resolve_model_dir(bench.registry))
+        records = bench.records(options.events, options.seed)
+        runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
+        middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures
+        throughput = statistics.median(r["eps"] for r in runs)
+        per_customer, full_window = bench.redis_bytes(middle["prefix"], runner.spec.window + 8)
+        baselines = [bench.baseline(records[:20_000], runner) for _ in range(options.repeat)]
+        baseline = statistics.median(baselines)
+        rate = options.rate or throughput / 2
+        latency = bench.latency(rate, bench.records(int(rate * (options.latency_seconds + 5)), options.seed + 2))
+        smoke = runner.manifest["smoke"]["inputs"]
+        sample = {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke.items()}
+        result: dict[str, Any] = {
+            "throughput_eps": round(throughput, 1),
+            "throughput_runs_eps": [round(r["eps"], 1) for r in runs],
+            "baseline_eps": round(baseline, 1),
+            "speedup": round(throughput / baseline, 2) if baseline else None,
+            "latency_ms": {k: round(latency[k], 1) for k in ("p50", "p95", "p99", "max")},
+            "latency_outputs": int(latency["n"]),
+            "offered_eps": round(latency["offered_eps"], 1),
+            "stage_share": middle["stage_share"],
+            "infer_sps_by_batch": inference_alone(runner, sample),
+            "infer_device": runner.device,
+            "redis_bytes_per_customer": round(per_customer, 1),
+            "redis_bytes_full_window": round(full_window, 1),
+            "rss_mb": round(middle["rss_mb"], 1),
+            "events": options.events,
+            "customers": options.customers,
+            "window": runner.spec.window,
+            "model_version": runner.version,
+            "model_units": runner.manifest["training"]["model"]["units"],
+            "max_batch": settings.batch.max_batch,
+            "repeat": options.repeat,
+            "machine": machine_info(settings),
+        }
+        if options.instances > 1:
+            scale = bench.throughput(records, "scale", instances=options.instances)
+            result["instances"] = {
+                "count": options.instances,
+                "throughput_eps": round(scale["eps"], 1),
+                "missing": scale["missing"],
+                "duplicated": scale["duplicated"],
+            }
+        on_result(result)
+        return result
+    finally:
+        bench.cleanup()
+
+
+TARGETS = (
+    ("throughput >= 10,000 events/s", lambda r: r["throughput_eps"] >= 10_000),
+    ("speedup >= 30x over the per-event baseline", lambda r: (r["speedup"] or 0) >= 30),
+    ("p99 latency <= 250 ms at half the saturation rate", lambda r: r["latency_ms"]["p99"] <= 250),
+    ("Redis <= 1 KB per customer at window 50", lambda r: r["redis_bytes_full_window"] <= 1024
+     or (r["redis_bytes_full_window"] != r["redis_bytes_full_window"] and r["redis_bytes_per_customer"] <= 1024)),
+)
+
+
+def table(r: dict[str, Any]) -> str:
+    lat, machine, shares = r["latency_ms"], r["machine"], r["stage_share"].items()
+    lines = [
+        f"seqscore bench: {r['events']:,} events of {r['customers']:,} customers, window {r['window']}, "
+        f"LSTM {r['model_units']}, max batch {r['max_batch']}, {r['repeat']} run(s)",
+        f"machine          {machine['cores']} cores ({machine['cpu']}), TF {machine['tensorflow']}, "
+        f"Redis {machine['redis_server']}, librdkafka {machine['librdkafka']}",
+        f"throughput       {r['throughput_eps']:>10,.0f} events/s   runs {r['throughput_runs_eps']}",
+        f"baseline         {r['baseline_eps']:>10,.0f} events/s   (per event: one Redis round trip, one model call)",
+        f"speedup          {r['speedup']:>10.1f}x",
+        f"latency          p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f} ms"
+        f"  at {r['offered_eps']:,.0f} events/s ({r['latency_outputs']:,} outputs)",
+        "stage share      " + "  ".join(f"{k} {v:.0%}" for k, v in sorted(shares, key=lambda kv: -kv[1])),
+        f"inference ({r['infer_device']})  "
+        + "  ".join(f"{b}: {v['sps']:,.0f}/s ({v['ms_per_batch']:.1f} ms)" for b, v in r["infer_sps_by_batch"].items()),
+        f"redis            {r['redis_bytes_per_customer']:,.0f} B per customer (sample), "
+        f"{r['redis_bytes_full_window']:,.0f} B with a full window",
+        f"scorer RSS       {r['rss_mb']:,.0f} MB peak",
+    ]
+    if "instances" in r:
+        i = r["instances"]
+        lines.append(f"{i['count']} instances      {i['throughput_eps']:>10,.0f} events/s   missing {i['missing']}, "
+                     f"processed twice {i['duplicated']} (same 2 cores: correctness and overhead, not speed-up)")
+    lines.append("targets")
+    for name, check in TARGETS:
+        lines.append(f"  {'met    ' if check(r) else 'not met'}  {name}")
+    return "\n".join(lines)
