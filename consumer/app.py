@@ -9,9 +9,10 @@ Per batch (at-least-once, spelled out):
  4. encode the windows with the active model's manifest;
  5. ONE inference call (per bucket-sized chunk) for next action and churn;
  6. produce next-actions (one per new event) and churn-alerts (on crossings);
- 7. wait until Kafka acknowledged every record of the batch; the batch's state (with its
-    alert state) is stored in the next round trip, and only then are its offsets stored
-    (auto-commit sends them; revocation and shutdown commit at once).
+ 7. while the next batch is polled and decoded, Kafka acknowledges this batch's records;
+    once they are all acknowledged, the batch's state (with its alert state) is stored in
+    the next batch's round trip, and only then are its offsets stored (auto-commit sends
+    them; revocation and shutdown commit at once).
 
 So a crash before the state is stored replays the batch against unchanged state and gives
 the same predictions; a replayed event whose state was stored had its outputs delivered
@@ -49,7 +50,6 @@ from training.registry import Registry, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
-REPLAY_SLACK = 8
 LAG_EVERY_S = 1.0
 
 
@@ -178,7 +178,7 @@ class Scorer:
         return StateStore(
             client,
             s.state.key_prefix,
-            self.runner.spec.window + REPLAY_SLACK,
+            max(s.state.window, self.runner.spec.window),  # a longer model window needs a rebuild
             s.state.lateness_seconds,
             s.state.retention_days * 86_400,
         )
@@ -302,15 +302,12 @@ class Scorer:
         write = self._score(decoded, report) if len(decoded.events) else None
         if write is None:
             self._flush_pending()
-
-        t = time.perf_counter()
-        self.emitter.wait_delivered()
-        self._resume()
-        timers["produce"].observe(time.perf_counter() - t)
         now_ms = time.time() * 1000
         for ms in decoded.kafka_ts[decoded.kafka_ts > 0]:
             self.metrics.latency.observe(max(0.0, (now_ms - ms) / 1000.0))
-        self._pending = (write, messages)  # stored with the next batch's state round trip
+        # acknowledged while the next batch is polled and decoded; its state is stored with
+        # the next batch's state round trip, once the acks are in
+        self._pending = (write, messages)
         return report
 
     def _flush_pending(self, attempts: int | None = None) -> bool:
@@ -319,6 +316,7 @@ class Scorer:
         if self._pending is None:
             return True
         assert self.store is not None
+        self._await_acks(keep_membership=attempts is None)
         write, messages = self._pending
         if write is not None:
             store = self.store
@@ -338,6 +336,15 @@ class Scorer:
         self._offsets_stored_after(messages)
         return True
 
+    def _await_acks(self, keep_membership: bool = True) -> None:
+        """Until Kafka acknowledged every record produced so far (the previous batch's outputs)."""
+        assert self.emitter is not None
+        t = time.perf_counter()
+        self.emitter.wait_delivered(keep_membership=keep_membership)
+        if keep_membership:
+            self._resume()
+        self.metrics.stage_timers["produce"].observe(time.perf_counter() - t)
+
     def _offsets_stored_after(self, messages: list[Message]) -> None:
         self._pending = None
         t = time.perf_counter()
@@ -349,9 +356,12 @@ class Scorer:
         assert self.emitter is not None and self.store is not None and self.runner is not None
         s, timers, runner = self.settings, self.metrics.stage_timers, self.runner
         events = decoded.events
-        t = time.perf_counter()
         store = self.store
-        before = self._pending[0] if self._pending is not None else None
+        before = None
+        if self._pending is not None:
+            self._await_acks()
+            before = self._pending[0]
+        t = time.perf_counter()
         # one round trip: store the previous batch (its outputs are acknowledged), read this one
         applied, write = self._with_redis(lambda: store.preview(events, before))
         timers["state"].observe(time.perf_counter() - t)

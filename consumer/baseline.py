@@ -48,7 +48,7 @@ def run_baseline(
          "enable.auto.commit": True}
     )
     producer = Producer({**kafka_config, "linger.ms": 5})
-    store = StateStore(redis.Redis.from_url(redis_url), key_prefix, runner.spec.window + 8, 7 * 86_400, 86_400)
+    store = StateStore(redis.Redis.from_url(redis_url), key_prefix, runner.spec.window, 7 * 86_400, 86_400)
     decoder = EventDecoder(1 << 16)
     consumer.subscribe([topic])
     done, started, idle_since = 0, 0.0, time.monotonic()

@@ -353,7 +353,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
         runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
         middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures
         throughput = statistics.median(r["eps"] for r in runs)
-        per_customer, full_window = bench.redis_bytes(middle["prefix"], runner.spec.window + 8)
+        per_customer, full_window = bench.redis_bytes(middle["prefix"], max(settings.state.window, runner.spec.window))
         baselines = [bench.baseline(records[:20_000], runner) for _ in range(options.repeat)]
         baseline = statistics.median(baselines)
         rate = options.rate or throughput / 2

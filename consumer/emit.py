@@ -156,13 +156,15 @@ class Emitter:
                 if self._on_wait is not None:
                     self._on_wait()
 
-    def wait_delivered(self, slow_after_s: float = 1.0) -> None:
-        """Block until every record sent so far is acknowledged; raise the first delivery error."""
+    def wait_delivered(self, slow_after_s: float = 1.0, keep_membership: bool = True) -> None:
+        """Block until every record sent so far is acknowledged; raise the first delivery error.
+        Past `slow_after_s` it calls `on_wait` (keep the consumer's membership), except when
+        called from a consumer callback (`keep_membership=False`)."""
         started = time.monotonic()
         while self.producer.flush(0.1 if time.monotonic() - started < slow_after_s else 1.0) > 0:
             if self._error is not None:
                 break
-            if self._on_wait is not None and time.monotonic() - started > slow_after_s:
+            if keep_membership and self._on_wait is not None and time.monotonic() - started > slow_after_s:
                 self._on_wait()
         if self._error is not None:
             error, self._error = self._error, None

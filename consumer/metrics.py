@@ -46,7 +46,7 @@ class Metrics:
         )
         self.latency = Histogram(
             "seqscore_event_to_output_seconds",
-            "From the input record's Kafka timestamp to its output's acknowledgement.",
+            "From the input record's Kafka timestamp to its outputs being produced.",
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )

@@ -146,8 +146,9 @@ class PendingWrite:
 
 
 class StateStore:
-    """Redis-backed windows. `capacity` = model window + slack, so a replayed event still
-    finds its full window after a few later events were applied."""
+    """Redis-backed windows of the last `capacity` events per customer. No slack is needed for
+    replays: a replayed event is either unstored (scored again from unchanged state) or
+    stored, and then its outputs were delivered and it is not scored again."""
 
     def __init__(
         self, client: redis.Redis, prefix: str, capacity: int, lateness_seconds: int, ttl_seconds: int
