@@ -4,6 +4,12 @@ and called once per batch.
 Batches are padded up to fixed bucket sizes, so the compiled function sees a handful of
 shapes (warmed up at load) and never retraces per batch size. It runs on the GPU when
 TensorFlow sees one, otherwise on the CPU.
+
+Most customers have far fewer events than the window. Windows are pre-padded and the LSTM
+skips masked steps, so running it over only the last L steps gives the same result as
+over the whole window whenever the customer has at most L events: rows are grouped by
+length into LENGTH_BUCKETS and each group runs over its bucket's length only (one call
+per group present in the batch). The recurrent cost then follows the real history.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from state.errors import SeqscoreError
 log = logging.getLogger(__name__)
 
 BUCKETS = (16, 64, 256, 1024, 4096)
+LENGTH_BUCKETS = (4, 8, 16, 32)  # plus the full window
 SMOKE_TOLERANCE = 1e-4
 
 
@@ -48,8 +55,9 @@ class ModelRunner:
 
         started = time.monotonic()
         try:
-            self.model, self.manifest = load_model(model_dir)
+            loaded, self.manifest = load_model(model_dir)
             self.spec = FeatureSpec.from_dict(self.manifest["features"])
+            self.model = any_length_copy(loaded, self.spec, self.manifest["training"]["model"])
         except Exception as exc:  # a broken file must never take the scorer down
             raise ModelRefused(f"{model_dir}: cannot load: {type(exc).__name__}: {exc}") from exc
         self.version: str = self.manifest["version"]
@@ -59,9 +67,10 @@ class ModelRunner:
         self.horizon_days = float(churn["horizon_days"])
         self.device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
         window, n_context = self.spec.window, self.spec.n_context
+        self.lengths = (*[b for b in LENGTH_BUCKETS if b < window], window)
         signature = [
-            tf.TensorSpec((None, window), tf.int32, name="tokens"),
-            tf.TensorSpec((None, window, N_STEP_FEATURES), tf.float32, name="steps"),
+            tf.TensorSpec((None, None), tf.int32, name="tokens"),
+            tf.TensorSpec((None, None, N_STEP_FEATURES), tf.float32, name="steps"),
             tf.TensorSpec((None, n_context), tf.float32, name="context"),
         ]
         model = self.model
@@ -73,13 +82,14 @@ class ModelRunner:
         self._forward = tf.function(forward, input_signature=signature, jit_compile=jit_compile)
         try:
             for size in BUCKETS:  # compile every shape now, not in the first batches
-                self._call(
-                    {
-                        "tokens": np.zeros((size, window), np.int32),
-                        "steps": np.zeros((size, window, N_STEP_FEATURES), np.float32),
-                        "context": np.zeros((size, n_context), np.float32),
-                    }
-                )
+                for length in self.lengths:
+                    self._call(
+                        {
+                            "tokens": np.ones((size, length), np.int32),
+                            "steps": np.zeros((size, length, N_STEP_FEATURES), np.float32),
+                            "context": np.zeros((size, n_context), np.float32),
+                        }
+                    )
             self.smoke_check()
         except ModelRefused:
             raise
@@ -104,10 +114,29 @@ class ModelRunner:
         return self._call(inputs)
 
     def infer(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """(next-action probabilities (n, classes), churn risk (n,)) in one call per bucket-sized chunk."""
+        """(next-action probabilities (n, classes), churn risk (n,)): one call per length group
+        present (and per 4096 rows), each over its group's length only."""
         n = len(inputs["tokens"])
         if n == 0:
             return np.zeros((0, self.spec.n_classes), np.float32), np.zeros(0, np.float32)
+        tokens, steps, context = inputs["tokens"], inputs["steps"], inputs["context"]
+        group = np.searchsorted(self.lengths, np.count_nonzero(tokens, axis=1))
+        present = np.unique(group)
+        if len(present) == 1:  # one group: no gather/scatter
+            length = self.lengths[int(present[0])]
+            return self._infer_rows({"tokens": tokens[:, -length:], "steps": steps[:, -length:], "context": context})
+        next_proba = np.empty((n, self.spec.n_classes), np.float32)
+        churn = np.empty(n, np.float32)
+        for g in present.tolist():
+            rows = np.flatnonzero(group == g)
+            length = self.lengths[g]
+            part = {"tokens": tokens[rows, -length:], "steps": steps[rows, -length:], "context": context[rows]}
+            next_proba[rows], churn[rows] = self._infer_rows(part)
+        return next_proba, churn
+
+    def _infer_rows(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """Rows of one length, padded up to batch buckets, at most 4096 per call."""
+        n = len(inputs["tokens"])
         parts = []
         for start in range(0, n, BUCKETS[-1]):
             chunk = {k: v[start : start + BUCKETS[-1]] for k, v in inputs.items()}
@@ -158,3 +187,17 @@ class ModelRunner:
             step_features = np.concatenate([step_features[:, 1:], appended], axis=1)
             proba, _ = self.infer({"tokens": tokens, "steps": step_features, "context": context})
         return out
+
+
+def any_length_copy(model: Any, spec: FeatureSpec, config: dict[str, Any]) -> Any:
+    """The serving model rebuilt for any sequence length, with the loaded model's weights."""
+    from dataclasses import fields
+
+    from training.model import ModelConfig, build_models
+
+    known = {f.name for f in fields(ModelConfig)}
+    _, serving = build_models(spec, ModelConfig(**{k: v for k, v in config.items() if k in known}), window=None)
+    for layer in serving.layers:
+        if layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return serving

@@ -35,12 +35,13 @@ class ModelConfig:
         return asdict(self)
 
 
-def build_models(spec: FeatureSpec, config: ModelConfig) -> tuple[Any, Any]:
-    """(training model, serving model) sharing weights."""
+def build_models(spec: FeatureSpec, config: ModelConfig, window: int | None = -1) -> tuple[Any, Any]:
+    """(training model, serving model) sharing weights. `window=None` builds them for any
+    sequence length (serving runs short histories over their real steps only)."""
     import keras
     from keras import layers
 
-    window = spec.window
+    window = spec.window if window == -1 else window
     tokens = keras.Input((window,), dtype="int32", name="tokens")
     steps = keras.Input((window, N_STEP_FEATURES), dtype="float32", name="steps")
     context_seq = keras.Input((window, spec.n_context), dtype="float32", name="context")

@@ -81,3 +81,24 @@ def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
         churn_alert_value("alert", "event", "e1", "c1", runner.version, 0.7, 0.5, 1_650_000_000, "p")
     )
     assert alert.kind == "alert" and alert.prediction_id != messages[0].prediction_id
+
+
+def test_running_only_the_real_steps_equals_the_full_window(runner: ModelRunner, tiny_registry: Path) -> None:
+    """Length buckets are exact: the masked LSTM over the last L steps gives what the saved
+    model gives over the whole pre-padded window."""
+    from training.registry import load_model
+
+    saved, _ = load_model((tiny_registry / "CURRENT").resolve())
+    rng = np.random.default_rng(3)
+    n, window, spec = 300, runner.spec.window, runner.spec
+    lengths = rng.integers(1, window + 1, size=n)
+    real = np.arange(window)[None, :] >= (window - lengths)[:, None]
+    tokens = np.where(real, rng.integers(FIRST_TOKEN, spec.vocab_size, size=(n, window)), 0).astype(np.int32)
+    steps = np.where(real[:, :, None], rng.random((n, window, runner.model.inputs[1].shape[-1])), 0).astype(np.float32)
+    context = rng.random((n, spec.n_context)).astype(np.float32)
+    inputs = {"tokens": tokens, "steps": steps, "context": context}
+    proba, risk = runner.infer(inputs)
+    expected = saved(inputs, training=False)
+    assert len(np.unique(np.searchsorted(runner.lengths, lengths))) == len(runner.lengths), "every group is used"
+    assert np.abs(proba - np.asarray(expected["next"])).max() < 1e-5
+    assert np.abs(risk - np.asarray(expected["churn"]).reshape(-1)).max() < 1e-5
