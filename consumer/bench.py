@@ -168,8 +168,9 @@ class Bench:
             version = resolve_model_dir(self.options.model).resolve()
             registry = self.workdir / "models"
             registry.mkdir(exist_ok=True)
-            (registry / "CURRENT").symlink_to(version)
-            Registry(registry).current()
+            (registry / version.name).symlink_to(version)
+            (registry / "CURRENT").symlink_to(version.name)
+            Registry(registry).path(version.name)
             return registry
         from training.history import history_table, write_table
         from training.train import TrainOptions, run
@@ -280,6 +281,8 @@ class Bench:
 
         admin = AdminClient(self.settings.kafka_config())
         names = [name for phase in self.phases for name in phase.settings.topics.names()]
+        if not names:
+            return
         for future in admin.delete_topics(names, operation_timeout=30).values():
             with contextlib.suppress(Exception):  # best effort: a topic left behind is only disk
                 future.result(timeout=60)

@@ -1,9 +1,10 @@
 """The serving model: loaded from the registry in Keras safe mode, compiled once, smoke-tested,
 and called once per batch.
 
-Batches are padded up to fixed bucket sizes, so the compiled function sees a handful of
-shapes (warmed up at load) and never retraces per batch size. It runs on the GPU when
-TensorFlow sees one, otherwise on the CPU.
+The compiled function has dynamic batch and time axes, so it is traced once and never
+retraces per batch size; with XLA (`SEQSCORE_MODEL__JIT_COMPILE`) batches are padded up to
+fixed bucket sizes, each compiled at load. It runs on the GPU when TensorFlow sees one,
+otherwise on the CPU.
 
 Most customers have far fewer events than the window. Windows are pre-padded and the LSTM
 skips masked steps, so running it over only the last L steps gives the same result as
@@ -48,6 +49,7 @@ class ModelRunner:
     """One loaded model version: `infer` takes encoded inputs of any batch size."""
 
     def __init__(self, model_dir: Path, jit_compile: bool = False) -> None:
+        self.jit_compile = jit_compile
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import tensorflow as tf
 
@@ -135,13 +137,14 @@ class ModelRunner:
         return next_proba, churn
 
     def _infer_rows(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-        """Rows of one length, padded up to batch buckets, at most 4096 per call."""
+        """Rows of one length, at most 4096 per call; padded up to a batch bucket under XLA only
+        (it compiles per shape; the plain function has a dynamic batch axis and one trace)."""
         n = len(inputs["tokens"])
         parts = []
         for start in range(0, n, BUCKETS[-1]):
             chunk = {k: v[start : start + BUCKETS[-1]] for k, v in inputs.items()}
             size = len(chunk["tokens"])
-            padded = bucket_for(size)
+            padded = bucket_for(size) if self.jit_compile else size
             if padded != size:
                 chunk = {
                     k: np.concatenate([v, np.zeros((padded - size, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()
