@@ -130,6 +130,8 @@ class Emitter:
                 "compression.type": "lz4",
                 # retry until the broker is back: a batch waits rather than fails (backpressure)
                 "message.timeout.ms": 0,
+                # no Python callback per acknowledged record: only failures are reported
+                "delivery.report.only.error": True,
                 **config,
             }
         )

@@ -42,7 +42,11 @@ HEADER_DTYPE = np.dtype(
 RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
 EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
 STORED_HEADER_BYTES = 32
-ARGS_HEAD = 6  # capacity, lateness, ttl, n, mode, alert updates
+EVENT_ARG_DTYPE = np.dtype(
+    [("customer", "<u4"), ("partition", "<u4"), ("offset", "<f8"), ("ts", "<u4"), ("coarse", "<u4"),
+     ("fine", "<u4"), ("tag", "<u4")]
+)
+ALERT_ARG_DTYPE = np.dtype([("customer", "<u4"), ("alerted", "<u4"), ("alert_ts", "<u4")])
 FLAG_ALERTED = 1
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
@@ -135,14 +139,16 @@ class PendingWrite:
     same atomic script call as the events."""
 
     keys: list[str]
-    args: list[int | str]  # the script's arguments for this batch, mode 'w', no alert updates yet
+    args: list[int | str | bytes]  # the script's arguments for this batch, mode 'w', no alert updates yet
 
     def set_alerts(self, customers: list[int], alerted: list[bool], alert_ts: list[int]) -> None:
         """Alert state per customer, by index in the batch's customer order."""
-        updates = [v for c, on, ts in zip(customers, alerted, alert_ts, strict=True) for v in (c + 1, int(on), ts)]
+        updates = np.zeros(len(customers), ALERT_ARG_DTYPE)
+        updates["customer"] = np.asarray(customers, dtype=np.int64) + 1
+        updates["alerted"] = alerted
+        updates["alert_ts"] = alert_ts
         self.args[5] = len(customers)
-        del self.args[ARGS_HEAD + 7 * int(self.args[3]) :]
-        self.args.extend(updates)
+        self.args[7] = updates.tobytes()
 
 
 class StateStore:
@@ -210,17 +216,23 @@ class StateStore:
 
     def _script_call(
         self, batch: EventBatch, mode: str
-    ) -> tuple[list[str], NDArray[np.int64], list[str], list[int | str]]:
+    ) -> tuple[list[str], NDArray[np.int64], list[str], list[int | str | bytes]]:
         index: dict[str, int] = {}
         customer_index = np.fromiter(
             (index.setdefault(c, len(index)) for c in batch.customer_ids), dtype=np.int64, count=len(batch)
         )
         customers = list(index)
         keys = [key for c in customers for key in (self.window_key(c), self.profile_key(c))]
-        fields = np.column_stack(
-            [customer_index + 1, batch.partition, batch.offset, batch.ts, batch.coarse, batch.fine, batch.tag]
-        ).astype(np.int64)
-        args: list[int | str] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0, *fields.ravel().tolist()]
+        packed = np.empty(len(batch), EVENT_ARG_DTYPE)
+        packed["customer"] = customer_index + 1
+        packed["partition"] = batch.partition
+        packed["offset"] = batch.offset
+        packed["ts"] = batch.ts
+        packed["coarse"] = batch.coarse
+        packed["fine"] = batch.fine
+        packed["tag"] = batch.tag
+        head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
+        args = [*head, packed.tobytes(), b""]
         return customers, customer_index, keys, args
 
     @staticmethod

@@ -1,0 +1,43 @@
+"""`seqscore bench` end to end at a tiny size: every figure is produced from real runs
+(no target is asserted here: speed is reported by the command, never by timed tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+pytestmark = pytest.mark.slow
+
+
+def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny_registry: Path,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "3000",
+         "--customers", "300", "--latency-seconds", "3", "--baseline-seconds", "2", "--rate", "400",
+         "--instances", "2", "--json", str(out)],
+        env=os.environ | test_env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["throughput_eps"] > 0 and figures["baseline_eps"] > 0
+    assert figures["speedup"] == pytest.approx(figures["throughput_eps"] / figures["baseline_eps"], rel=1e-2)
+    latency = figures["latency_ms"]
+    assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
+    assert figures["latency_outputs"] > 0 and figures["offered_eps"] > 0
+    assert set(figures["infer_sps_by_batch"]) == {"1", "32", "256", "1024", "4096"}
+    assert abs(sum(figures["stage_share"].values()) - 1) < 1e-3
+    assert figures["redis_bytes_per_customer"] > 0 and figures["rss_mb"] > 0
+    assert figures["instances"] == {"count": 2, "throughput_eps": figures["instances"]["throughput_eps"],
+                                    "missing": 0, "duplicated": 0}
+    assert "throughput" in result.stdout and "targets" in result.stdout
+    (run_id,) = [p.name for p in (tmp_path / "data" / "bench").iterdir()]
+    admin = AdminClient({"bootstrap.servers": test_env["SEQSCORE_KAFKA_BOOTSTRAP"]})
+    assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"bench-{run_id}")], "deleted"

@@ -1,0 +1,51 @@
+"""The benchmark's arithmetic: the steady-state window and stage shares, and the report."""
+
+from __future__ import annotations
+
+import pytest
+
+from consumer.bench import TARGETS, steady_state, table
+from consumer.watch import Scrape
+
+
+def sample(at: float, events: float, infer: float, state: float, poll: float) -> Scrape:
+    return Scrape(at=at, counters={"seqscore_events_total": events},
+                  stage_seconds={"infer": infer, "state": state, "poll": poll})
+
+
+def test_steady_state_skips_start_up_and_tail_and_shares_exclude_polling() -> None:
+    samples = [
+        sample(0.0, 0, 0, 0, 0),
+        sample(5.0, 0, 0, 0, 5.0),  # model load: nothing consumed yet
+        sample(6.0, 100, 0.5, 0.1, 5.0),  # 10 % of 1000
+        sample(7.0, 600, 1.0, 0.3, 5.0),
+        sample(8.0, 960, 1.5, 0.5, 5.0),  # 96 %
+        sample(20.0, 1000, 1.6, 0.5, 17.0),  # idle tail
+    ]
+    eps, shares = steady_state(samples, 1000)
+    assert eps == pytest.approx((960 - 100) / 2.0)
+    assert shares == {"infer": pytest.approx(1.0 / 1.4, abs=1e-4), "state": pytest.approx(0.4 / 1.4, abs=1e-4)}
+
+
+def figures(**overrides: object) -> dict[str, object]:
+    result: dict[str, object] = {
+        "throughput_eps": 12_000.0, "throughput_runs_eps": [12_000.0], "baseline_eps": 200.0, "speedup": 60.0,
+        "latency_ms": {"p50": 40.0, "p95": 90.0, "p99": 120.0, "max": 300.0}, "latency_outputs": 1000,
+        "offered_eps": 6000.0, "stage_share": {"infer": 0.5, "state": 0.5}, "infer_device": "CPU",
+        "infer_sps_by_batch": {"1": {"sps": 500.0, "ms_per_batch": 2.0}}, "redis_bytes_per_customer": 300.0,
+        "redis_bytes_full_window": 968.0, "rss_mb": 900.0, "events": 1000, "customers": 100, "window": 50,
+        "model_units": 64, "max_batch": 1024, "repeat": 1,
+        "machine": {"cores": 2, "cpu": "x", "tensorflow": "2", "redis_server": "7", "librdkafka": "2"},
+    }
+    result.update(overrides)
+    return result
+
+
+def test_report_names_every_figure_and_judges_each_target() -> None:
+    text = table(figures(instances={"count": 2, "throughput_eps": 9000.0, "missing": 0, "duplicated": 0}))
+    assert "12,000 events/s" in text and "60.0x" in text and "p99 120" in text and "968 B" in text
+    assert "2 instances" in text and "missing 0" in text
+    assert text.count("met    ") == len(TARGETS)
+    slow = table(figures(throughput_eps=5000.0, speedup=20.0, latency_ms={"p50": 1, "p95": 2, "p99": 400, "max": 5},
+                         redis_bytes_full_window=1100.0))
+    assert slow.count("not met") == len(TARGETS)
