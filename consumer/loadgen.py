@@ -36,6 +36,9 @@ MALFORMED_KINDS = (
 )
 
 
+TICK_S = 0.002  # rate-limited sending wakes at most every 2 ms
+
+
 @dataclass
 class StreamPlan:
     rate: float = 0.0  # events/s; 0 = as fast as possible
@@ -168,8 +171,11 @@ def send(
     for i, (key, value) in enumerate(records):
         if rate > 0:
             due = started + i / rate
-            while (now := time.monotonic()) < due:
-                producer.poll(min(due - now, 0.01))
+            if (now := time.monotonic()) < due:
+                # sleep, then send what fell due meanwhile: poll() with a timeout returns at
+                # every delivery report, so waiting in it spins a core at a few thousand/s
+                producer.poll(0)
+                time.sleep(max(due - now, TICK_S))
         while True:
             try:
                 producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
