@@ -304,6 +304,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    import faulthandler
+
+    faulthandler.enable()  # a native crash in a long run says where it happened
     _quiet_tensorflow()
     from consumer.bench import BenchOptions, run_bench, table
     from consumer.settings import load_settings
@@ -322,8 +325,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"wrote {args.json}", file=sys.stderr)
 
     run_bench(options, load_settings(), write)
-    # every figure is written by now; TensorFlow's and librdkafka's threads have crashed the
-    # interpreter's teardown (SIGSEGV) once in several long runs, so leave without it
+    # every figure is written by now; two long runs ended in SIGSEGV after writing them
+    # (native threads of TensorFlow or librdkafka), so leave without the interpreter's teardown
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
