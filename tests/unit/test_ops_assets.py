@@ -21,3 +21,13 @@ def test_prometheus_config_is_valid() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_rules_are_valid_and_fire_on_the_series_they_watch() -> None:
+    prometheus = REPO / "deploy/prometheus"
+    check = subprocess.run([promtool(), "check", "rules", "alerts.yml"], cwd=prometheus,
+                           capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0 and "8 rules found" in check.stdout, check.stdout + check.stderr
+    test = subprocess.run([promtool(), "test", "rules", "alerts_test.yml"], cwd=prometheus,
+                          capture_output=True, text=True, timeout=60)
+    assert test.returncode == 0 and "SUCCESS" in test.stdout, test.stdout + test.stderr
