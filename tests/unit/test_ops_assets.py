@@ -4,6 +4,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,3 +54,79 @@ def test_grafana_dashboard_queries_only_metrics_the_scorer_exports() -> None:
     wanted = {"seqscore_events", "seqscore_consumer_lag_seconds", "seqscore_event_to_output_seconds",
               "seqscore_batch_size", "seqscore_stage_seconds", "seqscore_churn_alerts", "seqscore_model_info"}
     assert wanted <= used, f"missing panels for {sorted(wanted - used)}"
+
+
+K8S_KINDS = {
+    "Namespace": "V1Namespace", "ConfigMap": "V1ConfigMap", "Secret": "V1Secret",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Deployment": "V1Deployment", "Service": "V1Service",
+    "PodDisruptionBudget": "V1PodDisruptionBudget", "CronJob": "V1CronJob",
+}
+
+
+def k8s_object(type_name: str, value: object, path: str) -> object:
+    """Build the Kubernetes client's generated model from a manifest: unknown fields, wrong
+    types and missing required fields fail (the models come from the API's OpenAPI spec)."""
+    import kubernetes.client as k8s
+
+    if type_name.lower().startswith("list["):
+        assert isinstance(value, list), f"{path}: expected a list"
+        return [k8s_object(type_name[5:-1], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if type_name.lower().startswith(("dict(", "dict[")):
+        assert isinstance(value, dict), f"{path}: expected a mapping"
+        inner = type_name[type_name.index(",") + 1 : -1].strip()
+        return {k: k8s_object(inner, v, f"{path}.{k}") for k, v in value.items()}
+    scalars = {"str": (str,), "int": (int,), "bool": (bool,), "float": (int, float), "datetime": (str,)}
+    if type_name in scalars:
+        assert isinstance(value, scalars[type_name]) and not (type_name == "int" and isinstance(value, bool)), \
+            f"{path}: expected {type_name}, got {value!r}"
+        return value
+    if type_name == "object":
+        return value
+    cls = getattr(k8s, type_name)
+    assert isinstance(value, dict), f"{path}: expected an object"
+    by_json = {json_name: attr for attr, json_name in cls.attribute_map.items()}
+    unknown = set(value) - set(by_json)
+    assert not unknown, f"{path}: unknown fields {sorted(unknown)} for {type_name}"
+    kwargs = {by_json[k]: k8s_object(cls.openapi_types[by_json[k]], v, f"{path}.{k}") for k, v in value.items()}
+    return cls(**kwargs)
+
+
+def test_kubernetes_manifests_match_the_api_and_probe_the_scorer() -> None:
+    import yaml
+
+    documents = []
+    for path in sorted((REPO / "deploy/k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            assert doc["kind"] in K8S_KINDS, f"{path.name}: unexpected kind {doc['kind']}"
+            k8s_object(K8S_KINDS[doc["kind"]], doc, f"{path.name}:{doc['kind']}")
+            documents.append(doc)
+    kinds = [d["kind"] for d in documents]
+    assert {"Deployment", "CronJob", "Secret", "ConfigMap"} <= set(kinds)
+    scorer = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert scorer["command"] == ["seqscore", "serve"]
+    assert scorer["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert scorer["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_the_manifest_check_rejects_what_the_api_would() -> None:
+    import yaml
+
+    bad = yaml.safe_load("""
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: x}
+spec:
+  selector: {matchLabels: {a: b}}
+  template:
+    spec:
+      containers:
+        - name: c
+          image: i
+          readinessProbe: {httpGet: {path: /readyz, port: 9464}, periodSecond: 5}
+""")
+    with pytest.raises(AssertionError, match="periodSecond"):
+        k8s_object("V1Deployment", bad, "bad")
+    del bad["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    del bad["spec"]["selector"]
+    with pytest.raises(ValueError, match="selector"):
+        k8s_object("V1Deployment", bad, "bad")
