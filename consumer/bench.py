@@ -113,8 +113,13 @@ def steady_state(samples: list[Scrape], total: int) -> tuple[float, dict[str, fl
     def events(s: Scrape) -> float:
         return s.counters.get("seqscore_events_total", 0.0)
 
-    lo = next(s for s in samples if events(s) >= STEADY[0] * total)
-    hi = next(s for s in samples if events(s) >= STEADY[1] * total)
+    lo_at = next(i for i, s in enumerate(samples) if events(s) >= STEADY[0] * total)
+    hi_at = next(i for i, s in enumerate(samples) if events(s) >= STEADY[1] * total)
+    if hi_at == lo_at:  # drained within one scrape: measure from the scrape before
+        if lo_at == 0:
+            raise ValueError(f"{total:,} events were drained before the first scrape; give more --events")
+        lo_at -= 1
+    lo, hi = samples[lo_at], samples[hi_at]
     eps = (events(hi) - events(lo)) / max(hi.at - lo.at, 1e-9)
     spent = {k: hi.stage_seconds.get(k, 0.0) - lo.stage_seconds.get(k, 0.0) for k in hi.stage_seconds}
     busy = sum(v for k, v in spent.items() if k != "poll") or 1.0

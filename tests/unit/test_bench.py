@@ -27,6 +27,14 @@ def test_steady_state_skips_start_up_and_tail_and_shares_exclude_polling() -> No
     assert shares == {"infer": pytest.approx(1.0 / 1.4, abs=1e-4), "state": pytest.approx(0.4 / 1.4, abs=1e-4)}
 
 
+def test_a_run_drained_within_one_scrape_is_measured_from_the_scrape_before() -> None:
+    samples = [sample(0.0, 0, 0, 0, 1.0), sample(0.2, 10, 0.01, 0.01, 1.0), sample(0.4, 1000, 0.1, 0.1, 1.0)]
+    eps, _ = steady_state(samples, 1000)
+    assert eps == pytest.approx(990 / 0.2)
+    with pytest.raises(ValueError, match="more --events"):
+        steady_state([sample(0.0, 1000, 0, 0, 0)], 1000)
+
+
 def figures(**overrides: object) -> dict[str, object]:
     result: dict[str, object] = {
         "throughput_eps": 12_000.0, "throughput_runs_eps": [12_000.0], "baseline_eps": 200.0, "speedup": 60.0,
