@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running
+from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import event_values, send
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
@@ -195,13 +195,22 @@ class Bench:
     # -- phases ---------------------------------------------------------------------------
     def throughput(self, records: list[tuple[bytes, bytes]], tag: str, instances: int = 1) -> dict[str, Any]:
         phase = self.phase(tag)
-        send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
-        note(f"[{tag}] {len(records):,} events pre-produced; draining with {instances} scorer(s) ...")
+        kafka = self.settings.kafka_config()
+        if instances == 1:
+            send(records, phase.settings.topics.events, kafka, progress=False)
+            note(f"[{tag}] {len(records):,} events pre-produced; draining with one scorer ...")
         logs = [self.workdir / f"{tag}-{i}.log" for i in range(instances)]
         scorers = [ScorerProcess(phase.env, self.registry, log).start() for log in logs]
         try:
             for scorer in scorers:
                 scorer.wait_ready(timeout=300)
+            if instances > 1:  # all members in the group first, or the first one drains alone
+                partitions = phase.settings.topics.events_partitions
+                wait_for(lambda: sum(s.metric("seqscore_assigned_partitions") for s in scorers) == partitions
+                         and all(s.metric("seqscore_assigned_partitions") > 0 for s in scorers),
+                         timeout=120, interval=0.5, what="partitions shared by every instance")
+                send(records, phase.settings.topics.events, kafka, progress=False)
+                note(f"[{tag}] {len(records):,} events produced; {instances} scorers draining ...")
             samples = drain(scorers, len(records), timeout_s=max(600.0, len(records) / 100))
             rss = max(peak_rss_mb(s.process.pid) for s in scorers if s.process is not None)
             outputs = None

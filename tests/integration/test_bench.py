@@ -19,7 +19,7 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
                                                   tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     result = subprocess.run(
-        [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "3000",
+        [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "6000",
          "--customers", "300", "--latency-seconds", "3", "--baseline-seconds", "2", "--rate", "400",
          "--instances", "2", "--json", str(out)],
         env=os.environ | test_env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
