@@ -199,6 +199,9 @@ class Scorer:
         log.info("serving model %s (%s)", runner.version, self.policy.name)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # librdkafka keeps a partition's pause across a lost assignment; one paused while the
+        # batch waited (e.g. on a restarting broker) would come back paused and never fetch
+        consumer.resume(partitions)
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self._assignment_changed()
 

@@ -280,6 +280,10 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import faulthandler
+    import signal
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
     _quiet_tensorflow()
     from consumer.app import Scorer, install_signal_handlers
     from consumer.settings import load_settings

@@ -1,5 +1,6 @@
 """`seqscore serve` end to end on the real Kafka and Redis: predictions, dead letters,
-metrics, readiness, shutdown, two instances, crash and restart, model refresh."""
+metrics, readiness, shutdown, two instances, model refresh, profiles and erasure.
+(Crashes and outages: tests/faults/.)"""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import orjson
 import pytest
 import redis
@@ -124,56 +124,6 @@ def test_two_instances_share_the_partitions(test_env: dict[str, str], tiny_regis
         assert set(by_event) == set(history.event_ids())
         assert a.metric("seqscore_predictions_total") > 0 and b.metric("seqscore_predictions_total") > 0
         assert a.metric("seqscore_predictions_total") + b.metric("seqscore_predictions_total") == history.n_events
-
-
-def redis_state(url: str, prefix: str) -> dict[str, bytes]:
-    client = redis.Redis.from_url(url)
-    return {key.decode().split(":", 1)[1]: client.get(key) for key in client.scan_iter(f"{prefix}:*")}
-
-
-def test_sigkill_and_restart_loses_nothing_and_matches_a_clean_run(
-    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
-) -> None:
-    history = simulate(150, seed=33)
-    clean_env = dict(test_env)
-    crash_env = {k: (v.replace(unique, unique + "k") if isinstance(v, str) else v) for k, v in test_env.items()}
-    crash_env["SEQSCORE_BATCH__MAX_BATCH"] = "64"
-    clean_env["SEQSCORE_BATCH__MAX_BATCH"] = "64"
-
-    results = {}
-    for name, env in (("clean", clean_env), ("crash", crash_env)):
-        for key, value in env.items():
-            monkeypatch.setenv(key, value)
-        settings = load_settings()
-        with running(env, tiny_registry, tmp_path / f"{name}-1.log") as scorer:
-            scorer.wait_ready()
-            stream(history, settings.topics.events, settings.kafka_config(), StreamPlan(seed=5, rate=4000),
-                   progress=False)
-            if name == "clean":
-                outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
-                assert scorer.stop() == 0
-            else:
-                wait_for(lambda: scorer.metric("seqscore_predictions_total") > history.n_events * 0.3, timeout=60,
-                         interval=0.01, what="a third processed")
-                scorer.stop(signal.SIGKILL)
-        if name == "crash":
-            with running(env, tiny_registry, tmp_path / f"{name}-2.log") as again:
-                again.wait_ready()
-                outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
-                assert again.stop() == 0
-        results[name] = (predictions_by_event(outputs), redis_state(settings.redis_url, settings.state.key_prefix))
-
-    clean, crash = results["clean"], results["crash"]
-    assert set(crash[0]) == set(clean[0]) == set(history.event_ids()), "nothing lost"
-    for event_id, seen in crash[0].items():
-        reference = clean[0][event_id][0]
-        for value in seen:  # replays may repeat a prediction; every copy equals the clean one
-            assert value["prediction_id"] == reference["prediction_id"]
-            assert value["actions"][0]["activity"] == reference["actions"][0]["activity"]
-            got = np.array([a["probability"] for a in value["actions"]] + [value["churn_risk"]])
-            want = np.array([a["probability"] for a in reference["actions"]] + [reference["churn_risk"]])
-            assert np.abs(got - want).max() <= 1e-5
-    assert crash[1] == clean[1], "Redis state equals the clean run's"
 
 
 def test_new_model_version_is_swapped_in_and_a_broken_one_refused(

@@ -1,0 +1,104 @@
+"""Faults injected into the real stack while a stream flows: the scorer killed with SIGKILL
+several times, Redis stopped for 10 s, the broker stopped and restarted. Each faulted run
+must end exactly like a clean run of the same stream (tests/faults/runs.py)."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from consumer.harness import ScorerProcess, wait_for
+from consumer.settings import Settings
+from tests.conftest import REPO
+from tests.faults.runs import assert_same_outcome, scored_run, variant
+from training.simulate import simulate
+
+pytestmark = pytest.mark.slow
+STACK = str(REPO / "deploy" / "stack")
+
+
+def stack(*args: str) -> None:
+    result = subprocess.run([STACK, *args], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, f"deploy/stack {' '.join(args)}: {result.stderr}"
+
+
+def test_sigkill_at_random_points_three_times_matches_a_clean_run(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(300, seed=41)
+    rng = random.Random(41)
+
+    def kill_three_times(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        for attempt in range(3):
+            time.sleep(rng.uniform(0.2, 1.5))
+            scorer.stop(signal.SIGKILL)
+            scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
+                                   tmp_path / "crash" / f"scorer-{attempt + 1}.log").start()
+            scorer.wait_ready()
+        return scorer
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "crash").mkdir()
+    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
+    crashed = scored_run(variant(test_env, unique, "k"), tiny_registry, history, tmp_path / "crash", monkeypatch,
+                         fault=kill_three_times)
+    assert_same_outcome(clean, crashed, history)
+
+
+def test_redis_down_for_ten_seconds_pauses_and_resumes_without_loss(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(200, seed=42)
+
+    def redis_outage(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        stack("down", "redis")
+        try:
+            down_at = time.monotonic()
+            wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 1, timeout=30,
+                     what="paused for Redis")
+            status, body = scorer.get("/readyz")
+            assert status == 503 and b"paused: redis unavailable" in body
+            assert scorer.get("/healthz")[0] == 200, "alive while paused"
+            time.sleep(max(0.0, 10 - (time.monotonic() - down_at)))
+        finally:
+            stack("up", "redis")
+        wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 0, timeout=60, what="resumed")
+        wait_for(lambda: scorer.get("/readyz")[0] == 200, timeout=60, what="ready again")
+        assert scorer.metric("seqscore_redis_errors_total") > 0
+        return scorer
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "outage").mkdir()
+    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
+    faulted = scored_run(variant(test_env, unique, "r"), tiny_registry, history, tmp_path / "outage", monkeypatch,
+                         fault=redis_outage)
+    assert_same_outcome(clean, faulted, history)
+
+
+def test_broker_restart_mid_stream_loses_nothing(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(200, seed=43)
+
+    def broker_restart(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        stack("down", "kafka")
+        try:
+            time.sleep(3)
+            assert scorer.get("/healthz")[0] == 200, "alive while the broker is away"
+        finally:
+            stack("up", "kafka")
+        return scorer
+
+    (tmp_path / "clean").mkdir()
+    (tmp_path / "restart").mkdir()
+    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
+    faulted = scored_run(variant(test_env, unique, "b"), tiny_registry, history, tmp_path / "restart", monkeypatch,
+                         fault=broker_restart)
+    assert_same_outcome(clean, faulted, history)
