@@ -112,3 +112,21 @@ def assert_same_outcome(clean: RunResult, faulted: RunResult, history: Simulated
             want = np.array([a["probability"] for a in reference["actions"]] + [reference["churn_risk"]])  # type: ignore[attr-defined]
             assert np.abs(got - want).max() <= 1e-5, event_id
     assert faulted.state == clean.state, "Redis state equals the clean run's"
+
+
+def faulted_equals_clean(
+    test_env: dict[str, str],
+    unique: str,
+    registry: Path,
+    history: SimulatedHistory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    fault: Fault,
+) -> None:
+    """Stream `history` once cleanly and once with `fault`; both must end the same."""
+    for name in ("clean", "faulted"):
+        (tmp_path / name).mkdir(exist_ok=True)
+    clean = scored_run(variant(test_env, unique, "c"), registry, history, tmp_path / "clean", monkeypatch)
+    faulted = scored_run(variant(test_env, unique, "f"), registry, history, tmp_path / "faulted", monkeypatch,
+                         fault=fault)
+    assert_same_outcome(clean, faulted, history)

@@ -15,7 +15,7 @@ import pytest
 from consumer.harness import ScorerProcess, wait_for
 from consumer.settings import Settings
 from tests.conftest import REPO
-from tests.faults.runs import assert_same_outcome, scored_run, variant
+from tests.faults.runs import faulted_equals_clean
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -38,16 +38,11 @@ def test_sigkill_at_random_points_three_times_matches_a_clean_run(
             time.sleep(rng.uniform(0.2, 1.5))
             scorer.stop(signal.SIGKILL)
             scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
-                                   tmp_path / "crash" / f"scorer-{attempt + 1}.log").start()
+                                   tmp_path / "faulted" / f"scorer-{attempt + 1}.log").start()
             scorer.wait_ready()
         return scorer
 
-    (tmp_path / "clean").mkdir()
-    (tmp_path / "crash").mkdir()
-    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
-    crashed = scored_run(variant(test_env, unique, "k"), tiny_registry, history, tmp_path / "crash", monkeypatch,
-                         fault=kill_three_times)
-    assert_same_outcome(clean, crashed, history)
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, kill_three_times)
 
 
 def test_redis_down_for_ten_seconds_pauses_and_resumes_without_loss(
@@ -73,12 +68,7 @@ def test_redis_down_for_ten_seconds_pauses_and_resumes_without_loss(
         assert scorer.metric("seqscore_redis_errors_total") > 0
         return scorer
 
-    (tmp_path / "clean").mkdir()
-    (tmp_path / "outage").mkdir()
-    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
-    faulted = scored_run(variant(test_env, unique, "r"), tiny_registry, history, tmp_path / "outage", monkeypatch,
-                         fault=redis_outage)
-    assert_same_outcome(clean, faulted, history)
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, redis_outage)
 
 
 def test_broker_restart_mid_stream_loses_nothing(
@@ -96,9 +86,4 @@ def test_broker_restart_mid_stream_loses_nothing(
             stack("up", "kafka")
         return scorer
 
-    (tmp_path / "clean").mkdir()
-    (tmp_path / "restart").mkdir()
-    clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch)
-    faulted = scored_run(variant(test_env, unique, "b"), tiny_registry, history, tmp_path / "restart", monkeypatch,
-                         fault=broker_restart)
-    assert_same_outcome(clean, faulted, history)
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, broker_restart)
