@@ -24,6 +24,7 @@ and smoke-tested in the background and swapped in between batches.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import threading
@@ -40,7 +41,7 @@ from consumer.health import HealthState, serve_http
 from consumer.metrics import Metrics
 from consumer.policy import AlertPolicy, decide
 from consumer.profiles import ProfileFollower
-from consumer.scoring import ModelRefused, ModelRunner
+from consumer.scoring import ModelRunner
 from consumer.settings import Settings
 from consumer.source import Decoded, EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
@@ -105,7 +106,7 @@ class ModelWatcher:
                 continue
             try:
                 runner = ModelRunner(self.registry.path(current), self.jit_compile)
-            except (ModelRefused, Exception) as exc:  # any failure refuses the version, never the scorer
+            except Exception as exc:  # any failure (ModelRefused or other) refuses the version, never the scorer
                 self._refused.add(current)
                 self.metrics.reloads.labels("refused").inc()
                 log.error("model %s refused, keeping the serving model: %s", current, exc)
@@ -323,19 +324,11 @@ class Scorer:
         write, messages = self._pending
         if write is not None:
             store = self.store
-            if attempts is None:
-                self._with_redis(lambda: store.write(write))
-            else:
-                for attempt in range(attempts):
-                    try:
-                        store.write(write)
-                        break
-                    except redis.RedisError as exc:
-                        self.metrics.redis_errors.inc()
-                        log.warning("storing the last batch's state failed (%d/%d): %s", attempt + 1, attempts, exc)
-                        time.sleep(0.2)
-                else:
-                    return False
+            try:
+                self._with_redis(lambda: store.write(write), attempts)
+            except redis.RedisError:
+                log.warning("the last batch's state stays pending: Redis unavailable")
+                return False
         self._offsets_stored_after(messages)
         return True
 
@@ -440,10 +433,12 @@ class Scorer:
         timers["produce"].observe(time.perf_counter() - t)
         return write
 
-    def _with_redis(self, call: Any) -> Any:
-        """Run a Redis call; while Redis is down, pause consumption and retry with backoff."""
+    def _with_redis(self, call: Any, attempts: int | None = None) -> Any:
+        """Run a Redis call; while Redis is down, pause consumption and retry with backoff.
+        With `attempts` (consumer callbacks, shutdown: no polling allowed) the last failure
+        is raised after that many tries."""
         delay = 0.1
-        while True:
+        for attempt in itertools.count(1):
             try:
                 result = call()
             except redis.RedisError as exc:
@@ -452,9 +447,12 @@ class Scorer:
                     log.error("Redis unavailable, pausing consumption: %s", exc)
                 self.health.paused_reason = "redis"
                 self.metrics.paused.labels("redis").set(1)
+                if attempts is not None and attempt >= attempts:
+                    raise
                 deadline = time.monotonic() + delay
                 while time.monotonic() < deadline:
-                    self._keep_membership()
+                    if attempts is None:
+                        self._keep_membership()
                     time.sleep(0.05)
                 delay = min(delay * 2, 5.0)
                 continue

@@ -83,7 +83,10 @@ class ModelRunner:
 
         self._forward = tf.function(forward, input_signature=signature, jit_compile=jit_compile)
         try:
-            for size in BUCKETS:  # compile every shape now, not in the first batches
+            # XLA compiles per shape: all of them now, not in the first batches; the plain
+            # function has one trace for every shape, so one small call per length warms it
+            sizes = BUCKETS if jit_compile else BUCKETS[:1]
+            for size in sizes:
                 for length in self.lengths:
                     self._call(
                         {

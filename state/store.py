@@ -100,8 +100,7 @@ class AppliedBatch:
         ts_all = self.records["ts"].astype(np.int64)
         code_all = self.records[code_field].astype(np.uint32)
         n_records = self.headers["n_records"].astype(np.int64)[ci]
-        # a replayed event whose record was trimmed since: scored on the customer's latest window
-        position = np.where((self.status == REPLAY) & (self.position == 0), n_records, self.position)
+        position = self.position  # 0: a replay or duplicate whose record is no longer kept
         has_window = (position > 0) | (self.status == TOO_LATE)
         starts = self.record_start[ci]
         ends = starts + position - 1
@@ -113,7 +112,6 @@ class AppliedBatch:
             own_codes = batch.coarse if level == "coarse" else batch.fine
             ts[late, -1] = batch.ts[late]
             codes[late, -1] = own_codes[late]
-        n_records = self.headers["n_records"].astype(np.int64)[ci]
         total = self.headers["count"].astype(np.int64)[ci]
         count = np.where(
             self.status == TOO_LATE, total - n_records + self.position + 1, total - (n_records - self.position)
