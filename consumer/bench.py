@@ -37,6 +37,8 @@ from consumer.watch import Scrape, scrape
 from training.simulate import simulate
 
 BATCH_SIZES = (1, 32, 256, 1024, 4096)
+BASELINE_EVENTS = 2_000  # design.md "Bench defaults": the per-event baseline runs on a ~2k sample
+BASELINE_WARMUP = 50
 STEADY = (0.05, 0.95)
 
 
@@ -262,10 +264,12 @@ class Bench:
 
         phase = self.phase("baseline")
         send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
-        note(f"[baseline] one event at a time for {self.options.baseline_seconds:.0f}s ...")
+        note(f"[baseline] one event at a time: {len(records) - BASELINE_WARMUP:,} events, "
+             f"at most {self.options.baseline_seconds:.0f}s ...")
         result = run_baseline(runner, self.settings.kafka_config(), self.settings.redis_url,
                               phase.settings.state.key_prefix, phase.settings.topics.events,
-                              phase.settings.topics.next_actions, len(records) - 100, self.options.baseline_seconds)
+                              phase.settings.topics.next_actions, len(records) - BASELINE_WARMUP,
+                              self.options.baseline_seconds, warmup_events=BASELINE_WARMUP)
         note(f"[baseline] {result.eps:,.0f} events/s ({result.events:,} events)")
         return result.eps
 
@@ -371,7 +375,8 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
         middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures
         throughput = statistics.median(r["eps"] for r in runs)
         per_customer, full_window = bench.redis_bytes(middle["prefix"], max(settings.state.window, runner.spec.window))
-        baselines = [bench.baseline(records[:20_000], runner) for _ in range(options.repeat)]
+        baseline_sample = records[: BASELINE_EVENTS + BASELINE_WARMUP]
+        baselines = [bench.baseline(baseline_sample, runner) for _ in range(options.repeat)]
         baseline = statistics.median(baselines)
         rate = options.rate or throughput / 2
         latency = bench.latency(rate, bench.records(int(rate * (options.latency_seconds + 5)), options.seed + 2))
