@@ -23,7 +23,8 @@ from consumer.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
 from training.simulate import SimulatedHistory
 
-Fault = Callable[[ScorerProcess, Settings], ScorerProcess]
+# returns the scorers still running: the fault may leave several members in the group
+Fault = Callable[[ScorerProcess, Settings], "ScorerProcess | list[ScorerProcess]"]
 
 
 @dataclass
@@ -83,6 +84,7 @@ def scored_run(
         monkeypatch.setenv(key, value)
     settings = load_settings()
     scorer = ScorerProcess(env, registry, logs / "scorer-0.log").start()
+    scorers = [scorer]
     try:
         scorer.wait_ready()
         producer = threading.Thread(
@@ -92,13 +94,16 @@ def scored_run(
         )
         producer.start()
         if fault is not None:
-            scorer = fault(scorer, settings)
+            survivors = fault(scorer, settings)
+            scorers = survivors if isinstance(survivors, list) else [survivors]
         producer.join()
         predictions = predictions_of(settings, set(history.event_ids()))
-        assert scorer.stop() == 0, (logs / "scorer-0.log").read_text()[-2000:]
+        for survivor in scorers:
+            assert survivor.stop() == 0, survivor.log_path.read_text()[-2000:]
     finally:
-        if scorer.process is not None and scorer.process.poll() is None:
-            scorer.process.kill()
+        for survivor in scorers:
+            if survivor.process is not None and survivor.process.poll() is None:
+                survivor.process.kill()
     return RunResult(predictions, redis_state(settings.redis_url, settings.state.key_prefix))
 
 

@@ -1,0 +1,85 @@
+"""Group membership changing while a stream flows: a second scorer joins, one leaves with
+SIGTERM, one is killed with SIGKILL while a peer is alive, and one more joins. Partitions
+move at every step (cooperative-sticky), so batches in flight are revoked, replayed by the
+new owner, or lost with the killed member; the run must still end exactly like a clean run
+of the same stream (tests/faults/runs.py)."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from consumer.harness import ScorerProcess, wait_for
+from consumer.settings import Settings
+from tests.faults.runs import assert_same_outcome, scored_run, variant
+from training.simulate import simulate
+
+pytestmark = pytest.mark.slow
+
+PARTITIONS = 4  # tests/conftest.py test_env
+# the broker's group.min.session.timeout.ms: a killed member's partitions move after 6 s, not 10
+SESSION_TIMEOUT_MS = "6000"
+
+
+def assigned(scorer: ScorerProcess) -> int:
+    return int(scorer.metric("seqscore_assigned_partitions"))
+
+
+def test_members_joining_leaving_and_killed_mid_stream_match_a_clean_run(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(300, seed=44)
+    logs = tmp_path / "faulted"
+    steps: list[str] = []
+
+    def share(members: list[ScorerProcess]) -> bool:
+        counts = [assigned(m) for m in members]
+        return sum(counts) == PARTITIONS and all(counts)
+
+    def scored_since(scorer: ScorerProcess, before: float) -> bool:
+        return scorer.metric("seqscore_predictions_total") > before
+
+    def membership_changes(a: ScorerProcess, _settings: Settings) -> list[ScorerProcess]:
+        started = [a]
+
+        def join(name: str, members: list[ScorerProcess]) -> ScorerProcess:
+            scorer = ScorerProcess(a.env, tiny_registry, logs / f"scorer-{name}.log").start()
+            started.append(scorer)
+            scorer.wait_ready()
+            wait_for(lambda: share([*members, scorer]), timeout=60, what=f"{name} shares the partitions")
+            # the newcomer must score part of the stream, or the handover carried nothing
+            wait_for(lambda: scored_since(scorer, 0), timeout=60, what=f"{name} scoring")
+            steps.append(f"{name} joined")
+            return scorer
+
+        try:
+            wait_for(lambda: scored_since(a, 100), timeout=60, what="stream flowing")
+            b = join("b", [a])
+            assert a.stop(signal.SIGTERM) == 0, a.log_path.read_text()[-2000:]
+            wait_for(lambda: assigned(b) == PARTITIONS, timeout=30, what="b owns every partition after a left")
+            steps.append("a left (SIGTERM)")
+            c = join("c", [b])
+            b.stop(signal.SIGKILL)
+            wait_for(lambda: assigned(c) == PARTITIONS, timeout=60, what="c owns every partition after b died")
+            scored = c.metric("seqscore_predictions_total")
+            wait_for(lambda: scored_since(c, scored), timeout=60, what="c scoring b's partitions")
+            steps.append("b killed (SIGKILL)")
+            d = join("d", [c])
+            return [c, d]
+        except BaseException:
+            for scorer in started:
+                if scorer.process is not None and scorer.process.poll() is None:
+                    scorer.process.kill()
+            raise
+
+    env = test_env | {"SEQSCORE_KAFKA__SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS}
+    for name in ("clean", "faulted"):
+        (tmp_path / name).mkdir()
+    clean = scored_run(variant(env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch, rate=0)
+    # slow enough that the stream is still flowing through every membership change
+    faulted = scored_run(variant(env, unique, "f"), tiny_registry, history, logs, monkeypatch,
+                         fault=membership_changes, rate=60)
+    assert steps == ["b joined", "a left (SIGTERM)", "c joined", "b killed (SIGKILL)", "d joined"]
+    assert_same_outcome(clean, faulted, history)
