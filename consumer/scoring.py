@@ -88,12 +88,16 @@ class ModelRunner:
             sizes = BUCKETS if jit_compile else BUCKETS[:1]
             for size in sizes:
                 for length in self.lengths:
-                    self._call(
-                        {
-                            "tokens": np.ones((size, length), np.int32),
-                            "steps": np.zeros((size, length, N_STEP_FEATURES), np.float32),
-                            "context": np.zeros((size, n_context), np.float32),
-                        }
+                    # the smoke sample may not reach every length group: each one must answer finitely
+                    self._refuse_non_finite(
+                        *self._call(
+                            {
+                                "tokens": np.ones((size, length), np.int32),
+                                "steps": np.zeros((size, length, N_STEP_FEATURES), np.float32),
+                                "context": np.zeros((size, n_context), np.float32),
+                            }
+                        ),
+                        f"warm-up at length {length}",
                     )
             self.smoke_check()
         except ModelRefused:
@@ -164,14 +168,22 @@ class ModelRunner:
             raise ModelRefused(f"{self.version}: manifest has no smoke sample")
         inputs = {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke["inputs"].items()}
         next_proba, churn = self.infer(inputs)
-        if not (np.isfinite(next_proba).all() and np.isfinite(churn).all()):
-            raise ModelRefused(f"{self.version}: smoke check: the model answers NaN or infinity")
+        self._refuse_non_finite(next_proba, churn, "smoke check")
         drift = max(
             float(np.abs(next_proba - np.asarray(smoke["next"])).max()),
             float(np.abs(churn - np.asarray(smoke["churn"])).max()),
         )
-        if drift > SMOKE_TOLERANCE:
+        if not drift <= SMOKE_TOLERANCE:  # NaN in the manifest's expected outputs must refuse too
             raise ModelRefused(f"{self.version}: smoke check: outputs differ from training by {drift:.2e}")
+
+    def _refuse_non_finite(self, next_proba: NDArray[np.float32], churn: NDArray[np.float32], stage: str) -> None:
+        bad = {
+            name: int(np.count_nonzero(~np.isfinite(values)))
+            for name, values in (("next-action", next_proba), ("churn", churn))
+        }
+        if any(bad.values()):
+            counts = ", ".join(f"{n} {name}" for name, n in bad.items() if n)
+            raise ModelRefused(f"{self.version}: {stage}: non-finite output (NaN or infinity): {counts} values")
 
     def forecast(self, inputs: dict[str, NDArray[Any]], first: NDArray[np.float32], steps: int) -> NDArray[np.int64]:
         """The next `steps` activities (class indices), each predicted step fed back as the newest

@@ -89,7 +89,9 @@ def test_scorer_serves_predictions_dead_letters_metrics_and_shuts_down(
         assert alerts_sent > 0 and len(alerts) == alerts_sent
         for msg in alerts:
             alert = ChurnAlertMessage.model_validate_json(msg.value())
-            assert alert.event_id in by_event and alert.model_version == sample["model_version"]
+            assert alert.model_version == sample["model_version"]
+            # a silence alert has no triggering event
+            assert alert.event_id in by_event if alert.trigger == "event" else alert.event_id is None
 
         assert scorer.get("/healthz")[0] == 200
         status, body = scorer.get("/metrics")
@@ -174,6 +176,39 @@ def test_new_model_version_is_swapped_in_and_a_broken_one_refused(
         assert versions.count(fresh.name) == 10
         assert scorer.get("/readyz")[0] == 200
     time.sleep(0)
+
+
+def test_a_version_answering_nan_is_refused_while_serving_and_the_old_one_keeps_serving(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
+) -> None:
+    from tests.registry_copies import poisoned_version
+    from training.registry import Registry
+
+    registry = tmp_path / "models"
+    shutil.copytree(tiny_registry, registry, symlinks=True)
+    current = (registry / "CURRENT").resolve().name
+    settings = load_settings()
+    values = [v for _, v in event_values(simulate(10, seed=36))][:10]
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+
+    with running(test_env | {"SEQSCORE_MODEL__POLL_SECONDS": "0.5"}, registry, tmp_path / "serve.log") as scorer:
+        scorer.wait_ready()
+        # loads in Keras safe mode and warms up without an error: only its outputs give it away
+        nan = poisoned_version(registry / current, registry / "99990103T000000Z")
+        Registry(registry).promote(nan.name, reason="test: NaN weights")
+        wait_for(lambda: scorer.metric("seqscore_model_reloads_total", 'result="refused"') >= 1, timeout=60,
+                 what="NaN model refused")
+        log = (tmp_path / "serve.log").read_text()
+        assert f"model {nan.name} refused, keeping the serving model" in log and "non-finite output" in log
+        for value in values:
+            producer.produce(settings.topics.events, key=orjson.loads(value)["customer_id"], value=value)
+        assert producer.flush(30) == 0
+        outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, len(values))
+        assert len(outputs) == len(values)
+        assert {json.loads(m.value())["model_version"] for m in outputs} == {current}
+        assert scorer.metric("seqscore_model_info", f'version="{current}"') == 1
+        assert scorer.metric("seqscore_model_info", f'version="{nan.name}"') == 0
+        assert scorer.get("/readyz")[0] == 200
 
 
 def test_profiles_are_joined_and_erasure_removes_everything(

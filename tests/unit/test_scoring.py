@@ -67,14 +67,14 @@ def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
     proba, risk = runner.infer(inputs)
     steps = runner.forecast(inputs, proba, 2)
     values = next_action_values(["e1", "e2"], ["c1", "c2"], np.array([1_650_000_000, 1_650_000_100]), proba, risk,
-                                runner.spec.vocabulary, runner.version, 3, steps, np.array([False, True]))
+                                runner.spec.vocabulary, runner.version, 3, steps, np.array([False, True]), "top-k(k=3)")
     messages = [NextActionMessage.model_validate_json(v) for v in values]
     assert [m.event_id for m in messages] == ["e1", "e2"] and messages[1].late
     assert len(messages[0].actions) == 3 and messages[0].steps is not None and len(messages[0].steps) == 2
     probabilities = [a.probability for a in messages[0].actions]
     assert probabilities == sorted(probabilities, reverse=True)
     again = next_action_values(["e1"], ["c1"], np.array([1_650_000_000]), proba[:1], risk[:1],
-                               runner.spec.vocabulary, runner.version, 3, None, np.array([False]))
+                               runner.spec.vocabulary, runner.version, 3, None, np.array([False]), "top-k(k=3)")
     assert json.loads(again[0])["prediction_id"] == messages[0].prediction_id, "deterministic"
 
     alert = ChurnAlertMessage.model_validate_json(
@@ -102,3 +102,21 @@ def test_running_only_the_real_steps_equals_the_full_window(runner: ModelRunner,
     assert len(np.unique(np.searchsorted(runner.lengths, lengths))) == len(runner.lengths), "every group is used"
     assert np.abs(proba - np.asarray(expected["next"])).max() < 1e-5
     assert np.abs(risk - np.asarray(expected["churn"]).reshape(-1)).max() < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("value", "layer"),
+    [(float("nan"), None), (float("inf"), "next")],
+    ids=["nan-everywhere", "inf-in-the-next-action-head"],
+)
+def test_a_version_that_loads_but_answers_non_finite_is_refused(
+    tiny_registry: Path, tmp_path: Path, value: float, layer: str | None
+) -> None:
+    from tests.registry_copies import poisoned_version
+    from training.registry import load_model
+
+    poisoned = poisoned_version(tiny_registry / "CURRENT", tmp_path / "v", value, layer)
+    model, _ = load_model(poisoned)  # a valid Keras file: loading alone would not refuse it
+    assert model.get_layer("next").get_weights()
+    with pytest.raises(ModelRefused, match=r"non-finite output \(NaN or infinity\)"):
+        ModelRunner(poisoned)
