@@ -356,6 +356,15 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_state(args: argparse.Namespace) -> int:
+    from consumer.rebuild import rebuild_state
+    from consumer.settings import load_settings
+
+    report = rebuild_state(load_settings(), args.from_topic, args.since, args.batch)
+    print(report.summary())
+    return 0
+
+
 def _print_summary(summary: dict[str, object]) -> None:
     per = summary["events_per_customer"]
     acc = summary["next_action_accuracy_held_out"]
@@ -464,6 +473,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erase", help="remove everything stored about a customer (GDPR erasure)")
     p.add_argument("--customer", required=True, help="customer id")
     p.set_defaults(func=cmd_erase)
+
+    p = sub.add_parser("state", help="maintain the Redis state: rebuild windows from the events topic")
+    state_sub = p.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    p = state_sub.add_parser(
+        "rebuild",
+        help="re-derive every customer's window (raw history) from the retained events topic",
+        description="Reads TOPIC from the beginning (or --since) up to its end offsets at start, with a "
+        "throwaway consumer that commits nothing, and applies the valid events to the windows under "
+        "SEQSCORE_STATE__KEY_PREFIX (idempotent: existing events are not appended twice). Only windows "
+        "are rebuilt: alert state starts empty and profiles are not touched. Run it while no scorer "
+        "writes the prefix.",
+    )
+    p.add_argument("--from-topic", required=True, metavar="TOPIC", help="the retained events topic")
+    p.add_argument(
+        "--since", type=_timestamp, help="start at the first record at or after this time (Kafka record time)"
+    )
+    p.add_argument("--batch", type=_positive_int, default=1000, help="events per Redis call (default 1000)")
+    p.set_defaults(func=cmd_state)
 
     p = sub.add_parser("models", help="list | show VERSION | promote VERSION | rollback")
     p.add_argument("action", choices=("list", "show", "promote", "rollback"))
