@@ -182,6 +182,21 @@ def _timestamp(text: str) -> int:
     return int((stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)).timestamp())
 
 
+def _instant(text: str) -> float:
+    """An ISO-8601 time or date (UTC without a zone), or epoch seconds."""
+    try:
+        return _timestamp(text)
+    except argparse.ArgumentTypeError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO-8601 time or date, or epoch seconds, got '{text}'") from None
+    if not 0 <= value < 1e11:  # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected epoch seconds, got {text}")
+    return value
+
+
 def _quiet_tensorflow() -> None:
     import os
 
@@ -365,6 +380,16 @@ def cmd_state(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dlq(args: argparse.Namespace) -> int:
+    from consumer.dlq import replay
+    from consumer.settings import load_settings
+
+    until_ms = None if args.until is None else int(args.until * 1000)
+    report = replay(load_settings(), int(args.since * 1000), until_ms, args.reason, args.dry_run)
+    print(report.summary())
+    return 0
+
+
 def _print_summary(summary: dict[str, object]) -> None:
     per = summary["events_per_customer"]
     acc = summary["next_action_accuracy_held_out"]
@@ -497,6 +522,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("version", nargs="?")
     p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("dlq", help="the dead-letter topic: replay records once their cause is fixed")
+    dlq_sub = p.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    p = dlq_sub.add_parser(
+        "replay",
+        help="send dead-lettered records back to the events topic",
+        description="Reads the dead-letter topic from the beginning up to its end offsets at start (a "
+        "throwaway consumer, read_committed, commits nothing) and re-produces each selected record's "
+        "original key, value and headers to the events topic (seqscore.* headers dropped, "
+        "seqscore.replayed-from=dlq:PARTITION:OFFSET added), waiting for acknowledgements. Selection is by "
+        "the DLQ record's Kafka timestamp, i.e. when the scorer dead-lettered it.",
+    )
+    p.add_argument("--since", type=_instant, required=True, help="ISO-8601 time or date (UTC if no zone), "
+                   "or epoch seconds; records dead-lettered at or after it")
+    p.add_argument("--until", type=_instant, help="and before this time (same forms)")
+    p.add_argument("--reason", action="extend", nargs="+", metavar="REASON",
+                   help="only records with this seqscore.reason (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")
+    p.set_defaults(func=cmd_dlq)
     return parser
 
 

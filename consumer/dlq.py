@@ -1,0 +1,187 @@
+"""`seqscore dlq replay`: send dead-lettered records back to the events topic once the reason
+they were refused is fixed (a raised size limit, a corrected producer, a new scorer version).
+
+The DLQ is read from the beginning up to its end offsets at start, by a throwaway consumer
+that joins no group and commits nothing, so a replay can be repeated and never moves anyone's
+offsets. Records dead-lettered while it runs (a replayed record refused again) are not re-read.
+Selection is by the DLQ record's own Kafka timestamp: the time the scorer dead-lettered the
+record (the DLQ record does not carry the original record's timestamp).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from consumer.emit import Emitter
+from consumer.settings import Settings
+from state.errors import ConfigError, KafkaUnavailable
+from state.events import InvalidReason
+
+REASON_HEADER = "seqscore.reason"
+REPLAYED_FROM_HEADER = "seqscore.replayed-from"
+NO_REASON = "(none)"  # a DLQ record without a seqscore.reason header (written by something else)
+PROGRESS_EVERY_S = 2.0
+# a replay is run by hand: a broker that does not acknowledge within this fails the command
+# instead of waiting forever like the scorer's emitter does
+DELIVERY_TIMEOUT_MS = 60_000
+STALL_S = 60.0  # no record and no end of partition for this long: the broker is gone
+
+Headers = list[tuple[str, str | bytes | None]]
+
+
+@dataclass
+class ReplayReport:
+    read: int = 0
+    selected: int = 0
+    replayed: int = 0
+    by_reason: Counter[str] = field(default_factory=Counter)  # of the selected records
+    dry_run: bool = False
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.by_reason.items())) or "none"
+        verb = "would replay" if self.dry_run else "replayed"
+        return (f"dlq replay: read {self.read}, selected {self.selected}, {verb} "
+                f"{self.selected if self.dry_run else self.replayed}; by reason: {reasons}")
+
+
+def _headers(msg: Message) -> Headers:
+    original = msg.headers() or []
+    pairs = original.items() if isinstance(original, dict) else original
+    return [(str(k), v) for k, v in pairs]
+
+
+def replay_headers(msg: Message) -> Headers:
+    """The record's original headers (every seqscore.* one dropped, an earlier replayed-from
+    included) plus where this copy came from."""
+    kept = [(k, v) for k, v in _headers(msg) if not k.startswith("seqscore.")]
+    return [*kept, (REPLAYED_FROM_HEADER, f"dlq:{msg.partition()}:{msg.offset()}".encode())]
+
+
+def reason_of(msg: Message) -> str:
+    for key, value in _headers(msg):
+        if key == REASON_HEADER and value is not None:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return NO_REASON
+
+
+def check_reasons(reasons: list[str] | None) -> frozenset[str] | None:
+    if not reasons:
+        return None
+    known = {r.value for r in InvalidReason}
+    unknown = sorted(set(reasons) - known)
+    if unknown:
+        raise ConfigError(f"unknown reason {', '.join(unknown)} (one of: {', '.join(sorted(known))})")
+    return frozenset(reasons)
+
+
+def _text(exc: KafkaException) -> str:
+    error = exc.args[0] if exc.args else None
+    return error.str() if isinstance(error, KafkaError) else str(exc)
+
+
+def _end_offsets(consumer: Consumer, topic: str, bootstrap: str) -> dict[int, tuple[int, int]]:
+    """partition -> (low, high) watermarks; a missing DLQ topic is an error, not auto-created."""
+    try:
+        metadata = consumer.list_topics(timeout=10)
+    except KafkaException as exc:
+        raise KafkaUnavailable(f"cannot reach the broker at {bootstrap}: {_text(exc)}") from None
+    if topic not in metadata.topics or metadata.topics[topic].error is not None:
+        raise ConfigError(f"no dead-letter topic {topic!r} on the broker (SEQSCORE_TOPICS__DLQ)")
+    marks = {}
+    for partition in metadata.topics[topic].partitions:
+        try:
+            marks[partition] = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        except KafkaException as exc:
+            raise KafkaUnavailable(f"cannot read the end offsets of {topic}: {_text(exc)}") from None
+    return marks
+
+
+def replay(
+    settings: Settings,
+    since_ms: int,
+    until_ms: int | None = None,
+    reasons: list[str] | None = None,
+    dry_run: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> ReplayReport:
+    """Re-produce the selected DLQ records (timestamp in [since_ms, until_ms), reason in
+    `reasons` when given) to the events topic with their original key, value and headers,
+    and wait until every one is acknowledged."""
+    if until_ms is not None and until_ms <= since_ms:
+        raise ConfigError("--until must be later than --since")
+    wanted = check_reasons(reasons)
+    note = progress or (lambda line: print(line, file=sys.stderr))
+    topic, target = settings.topics.dlq, settings.topics.events
+    # librdkafka logs each failed connection attempt to stderr; the command reports a broker
+    # it cannot reach in one line instead, and shows them with `seqscore -v`
+    quiet = {} if logging.getLogger().isEnabledFor(logging.DEBUG) else {"log_level": 0}
+    consumer = Consumer(settings.kafka_config(**quiet, **{
+        "group.id": f"seqscore-dlq-replay-{uuid.uuid4().hex}",  # assign() only: never joins, never commits
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+    }))
+    producer_config = settings.kafka_config(**quiet, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
+    emitter = None if dry_run else Emitter(producer_config)
+    report = ReplayReport(dry_run=dry_run)
+    try:
+        marks = _end_offsets(consumer, topic, settings.kafka_bootstrap)
+        # done once past the end offsets seen at start, or at the end (EOF) under read_committed,
+        # which stops at the last stable offset when a transaction is still open
+        pending = {p for p, (low, high) in marks.items() if high > low}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
+        total = sum(high - low for low, high in marks.values())
+        note(f"dlq replay: reading {topic} ({total} records in {len(marks)} partitions)"
+             + (" (dry run)" if dry_run else f", replaying to {target}"))
+        last_note = last_seen = time.monotonic()
+        while pending:
+            if time.monotonic() - last_seen > STALL_S:
+                raise KafkaUnavailable(f"no progress reading {topic} for {STALL_S:.0f}s")
+            for msg in consumer.consume(500, 1.0):
+                partition = msg.partition()
+                error = msg.error()
+                if error is None or error.code() == KafkaError._PARTITION_EOF:
+                    last_seen = time.monotonic()
+                if error is not None:
+                    if error.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(partition)
+                        continue
+                    if error.fatal() or not error.retriable():
+                        raise KafkaUnavailable(f"reading {topic}: {error.str()}")
+                    continue
+                if partition not in pending:
+                    continue
+                offset = msg.offset()
+                if offset is not None and offset + 1 >= marks[partition][1]:
+                    pending.discard(partition)
+                if offset is not None and offset >= marks[partition][1]:
+                    continue  # dead-lettered after the replay began
+                report.read += 1
+                _, stamp = msg.timestamp()
+                reason = reason_of(msg)
+                if stamp < since_ms or (until_ms is not None and stamp >= until_ms):
+                    continue
+                if wanted is not None and reason not in wanted:
+                    continue
+                report.selected += 1
+                report.by_reason[reason] += 1
+                if emitter is not None:
+                    emitter.send(target, msg.key(), msg.value(), replay_headers(msg))
+                    report.replayed += 1
+            if time.monotonic() - last_note > PROGRESS_EVERY_S:
+                last_note = time.monotonic()
+                note(f"  read {report.read}/{total}, selected {report.selected}")
+        if emitter is not None:
+            emitter.wait_delivered(keep_membership=False)
+    finally:
+        consumer.close()
+    return report
