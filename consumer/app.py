@@ -24,34 +24,50 @@ and smoke-tested in the background and swapped in between batches.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from numpy.typing import NDArray
 
+from consumer import silence
 from consumer.emit import Emitter, churn_alert_value, dlq_headers, next_action_values
 from consumer.health import HealthState, serve_http
 from consumer.metrics import Metrics
-from consumer.policy import AlertPolicy, decide
+from consumer.policy import SUPPRESS_REASONS, AlertPolicy, Decisions, Gated, NextActionPolicy, decide, gate_next_actions
 from consumer.profiles import ProfileFollower
 from consumer.scoring import ModelRunner
 from consumer.settings import Settings
-from consumer.source import Decoded, EventDecoder, next_offsets, poll_batch
+from consumer.source import EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
-from state.encoding import encode
-from state.store import APPLIED, FLAG_ALERTED, LATE_INSERTED, STATUS_NAMES, TOO_LATE, PendingWrite, StateStore
+from state.encoding import activity_codes, encode
+from state.store import (
+    APPLIED,
+    FLAG_ALERTED,
+    LATE_INSERTED,
+    STATUS_NAMES,
+    TOO_LATE,
+    UPDATE_ARG_DTYPE,
+    AppliedBatch,
+    EventBatch,
+    PendingWrite,
+    StateStore,
+)
 from training.registry import Registry, resolve_model_dir
 
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 1.0
+SWEEP_STEP_S = 86_400
 
 
 @dataclass
@@ -61,6 +77,7 @@ class BatchReport:
     invalid: int = 0
     predictions: int = 0
     alerts: int = 0
+    silences: int = 0
 
 
 class ModelWatcher:
@@ -133,6 +150,8 @@ class Scorer:
         self.emitter: Emitter | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._last_ts_ms: dict[int, int] = {}
+        self._clock: dict[int, int] = {}  # events partition -> its event-time clock
+        self._clock_by_events: dict[int, tuple[int, float]] = {}  # -> (clock, monotonic time) at its last event
         self._lag_at = 0.0
         # the last batch: outputs acknowledged, state not yet stored, offsets not yet stored
         self._pending: tuple[PendingWrite | None, list[Message]] | None = None
@@ -182,6 +201,7 @@ class Scorer:
             max(s.state.window, self.runner.spec.window),  # a longer model window needs a rebuild
             s.state.lateness_seconds,
             s.state.retention_days * 86_400,
+            silence.marks_for(s.silence.marks_days, self.runner.horizon_days) if s.silence.enabled else (),
         )
 
     def _set_model(self, runner: ModelRunner) -> None:
@@ -197,7 +217,14 @@ class Scorer:
             else runner.recovery_threshold,
             outputs.churn_cooldown_seconds,
         )
-        log.info("serving model %s (%s)", runner.version, self.policy.name)
+        self.next_action_policy = NextActionPolicy(
+            outputs.top_k,
+            outputs.next_action_min_probability,
+            outputs.next_action_min_interval_seconds,
+            outputs.next_action_quiet_after_alert_seconds,
+        )
+        self._class_codes = activity_codes(list(runner.spec.vocabulary))
+        log.info("serving model %s (%s; %s)", runner.version, self.policy.name, self.next_action_policy.name)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # librdkafka keeps a partition's pause across a lost assignment; one paused while the
@@ -212,10 +239,18 @@ class Scorer:
         self._flush_pending(attempts=3)
         self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._forget_clocks(partitions)
         self._assignment_changed()
+
+    def _forget_clocks(self, partitions: list[TopicPartition]) -> None:
+        for p in partitions:
+            if p.topic == self.settings.topics.events:
+                self._clock.pop(p.partition, None)
+                self._clock_by_events.pop(p.partition, None)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned -= {(p.topic, p.partition) for p in partitions}
+        self._forget_clocks(partitions)
         self._assignment_changed()
 
     def _assignment_changed(self) -> None:
@@ -237,7 +272,8 @@ class Scorer:
 
     def _keep_membership(self) -> None:
         """While a batch waits on Kafka or Redis: stop fetching, but keep serving group callbacks."""
-        assert self.consumer is not None
+        if self.consumer is None:  # a sweep has no consumer
+            return
         self.health.beat()
         assignment = self.consumer.assignment()
         if assignment:
@@ -278,10 +314,18 @@ class Scorer:
         self._update_lag()
         if not messages:
             self._flush_pending()
-            return BatchReport()
+            return self._advance_idle_clocks()
         report = self.process(messages)
         self.health.progressed()
         self.metrics.last_progress.set(time.time())
+        return report
+
+    def _advance_idle_clocks(self) -> BatchReport:
+        """Quiet partitions still progress: their silences are scored as wall time passes."""
+        report = BatchReport()
+        moves = self._idle_clocks() if self.settings.silence.enabled else {}
+        if moves:
+            self._pending = (self._score(EventBatch.empty(), [], report, moves), [])
         return report
 
     def process(self, messages: list[Message]) -> BatchReport:
@@ -303,7 +347,7 @@ class Scorer:
         report.valid = len(decoded.events)
         timers["decode"].observe(time.perf_counter() - t)
 
-        write = self._score(decoded, report) if len(decoded.events) else None
+        write = self._score(decoded.events, decoded.event_ids, report) if len(decoded.events) else None
         if write is None:
             self._flush_pending()
         now_ms = time.time() * 1000
@@ -321,6 +365,8 @@ class Scorer:
             return True
         assert self.store is not None
         self._await_acks(keep_membership=attempts is None)
+        if self._pending is None:  # a revocation served while waiting stored it
+            return True
         write, messages = self._pending
         if write is not None:
             store = self.store
@@ -347,91 +393,206 @@ class Scorer:
         self._store_offsets(messages)
         self.metrics.stage_timers["commit"].observe(time.perf_counter() - t)
 
-    def _score(self, decoded: Decoded, report: BatchReport) -> PendingWrite:
-        """Score the batch's events; returns the state write to store once outputs are acknowledged."""
+    def _score(
+        self,
+        events: EventBatch,
+        event_ids: list[str],
+        report: BatchReport,
+        clocks: dict[int, int] | None = None,
+    ) -> PendingWrite:
+        """Score the batch's events and the silences its clock moves make due; returns the state
+        write to store once the outputs are acknowledged. `clocks`: move partitions' clocks at
+        least that far (idle partitions, sweeps)."""
         assert self.emitter is not None and self.store is not None and self.runner is not None
-        s, timers, runner = self.settings, self.metrics.stage_timers, self.runner
-        events = decoded.events
+        timers, runner = self.metrics.stage_timers, self.runner
         store = self.store
-        before = None
-        if self._pending is not None:
-            self._await_acks()
-            before = self._pending[0]
+        pending = self._pending
+        if pending is not None:
+            self._await_acks()  # may serve a revocation, which stores the pending batch itself
+        pending = pending if pending is not None and self._pending is pending else None
+        before = pending[0] if pending is not None else None
         t = time.perf_counter()
         # one round trip: store the previous batch (its outputs are acknowledged), read this one
-        applied, write = self._with_redis(lambda: store.preview(events, before))
+        applied, write = self._with_redis(lambda: store.preview(events, before, clocks))
         timers["state"].observe(time.perf_counter() - t)
-        if self._pending is not None:
-            self._offsets_stored_after(self._pending[1])
+        if pending is not None and self._pending is pending:
+            self._offsets_stored_after(pending[1])
         counts = np.bincount(applied.status, minlength=len(STATUS_NAMES))
         for status, name in enumerate(STATUS_NAMES):
             if counts[status]:
                 self.metrics.state.labels(name).inc(int(counts[status]))
+        self._clocks_moved(applied, events)
 
         t = time.perf_counter()
         raw, has_window = applied.windows(events, runner.spec.window, runner.spec.level)
         # a replay was stored, so its outputs were acknowledged: it is not emitted again
         emit = np.flatnonzero(np.isin(applied.status, (APPLIED, LATE_INSERTED, TOO_LATE)) & has_window)
         inputs = {k: v[emit] for k, v in encode(raw, runner.spec).items()}
+        quiet = silence.fired(applied, events, store.silence_marks, raw, runner.spec.level)
+        report.silences = len(quiet)
+        if len(quiet):
+            self.metrics.silence_scored.inc(len(quiet))
+            quiet_inputs = encode(quiet.raw, runner.spec)
+            inputs = {k: np.concatenate([v, quiet_inputs[k]]) for k, v in inputs.items()}
         timers["encode"].observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        next_proba, risk = runner.infer(inputs)
-        steps = runner.forecast(inputs, next_proba, s.outputs.steps) if s.outputs.steps else None
+        proba_all, risk_all = runner.infer(inputs)  # events and silences in one call
+        n_events = len(emit)
+        event_inputs = {k: v[:n_events] for k, v in inputs.items()} if len(quiet) else inputs
+        steps = self.settings.outputs.steps
+        forecast = runner.forecast(event_inputs, proba_all[:n_events], steps) if steps else None
         timers["infer"].observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        event_ids = [decoded.event_ids[i] for i in emit]
-        customer_ids = [events.customer_ids[i] for i in emit]
+        self._emit(applied, events, event_ids, emit, quiet, proba_all, risk_all, forecast, write, report)
+        timers["produce"].observe(time.perf_counter() - t)
+        return write
+
+    def _emit(
+        self,
+        applied: AppliedBatch,
+        events: EventBatch,
+        event_ids: list[str],
+        emit: NDArray[np.int64],
+        quiet: silence.Silences,
+        proba: NDArray[np.float32],
+        risk: NDArray[np.float32],
+        forecast: NDArray[np.int64] | None,
+        write: PendingWrite,
+        report: BatchReport,
+    ) -> None:
+        """Decide in stream order (a silence comes just before the event at which the stream
+        reached its mark), produce what the policies let through, and put the new alert,
+        cap and latest-prediction state into the write."""
+        assert self.emitter is not None and self.runner is not None
+        s, runner = self.settings, self.runner
+        n_events = len(emit)
+        customer = np.concatenate([applied.customer_index[emit], quiet.customer])
+        ts = np.concatenate([events.ts[emit], quiet.as_of])
+        order = np.argsort(np.concatenate([2 * emit + 1, 2 * quiet.before_event]), kind="stable")
+        headers = applied.headers
+        decisions = decide(
+            self.policy,
+            customer[order],
+            risk[order],
+            ts[order],
+            (headers["flags"] & FLAG_ALERTED).astype(bool),
+            headers["alert_ts"].astype(np.int64),
+        )
+        is_event = order < n_events
+        gated = gate_next_actions(
+            self.next_action_policy,
+            customer[order][is_event],
+            ts[order][is_event],
+            proba[order[is_event]].max(axis=1, initial=0.0),
+            decisions.row_alerted[is_event],
+            decisions.row_alert_ts[is_event],
+            headers["nba_ts"].astype(np.int64),
+        )
+        send = np.zeros(n_events, dtype=bool)
+        send[order[is_event]] = gated.emit
+        for reason, held in zip(SUPPRESS_REASONS, np.bincount(gated.reason + 1, minlength=4)[1:], strict=True):
+            if held:
+                self.metrics.suppressed.labels(reason).inc(int(held))
+
+        rows = emit[send]
+        customer_ids = [events.customer_ids[i] for i in rows]
         values = next_action_values(
-            event_ids,
+            [event_ids[i] for i in rows],
             customer_ids,
-            events.ts[emit],
-            next_proba,
-            risk,
+            events.ts[rows],
+            proba[:n_events][send],
+            risk[:n_events][send],
             runner.spec.vocabulary,
             runner.version,
             s.outputs.top_k,
-            steps,
-            applied.status[emit] == TOO_LATE,
+            forecast[send] if forecast is not None else None,
+            applied.status[rows] == TOO_LATE,
+            self.next_action_policy.name,
         )
-        for customer, value in zip(customer_ids, values, strict=True):
-            self.emitter.send(s.topics.next_actions, customer, value)
+        for customer_id, value in zip(customer_ids, values, strict=True):
+            self.emitter.send(s.topics.next_actions, customer_id, value)
         self.metrics.predictions.inc(len(values))
         report.predictions = len(values)
 
-        ci = applied.customer_index[emit]
-        decisions = decide(
-            self.policy,
-            ci,
-            risk,
-            events.ts[emit],
-            (applied.headers["flags"] & FLAG_ALERTED).astype(bool),
-            applied.headers["alert_ts"].astype(np.int64),
-        )
         threshold = {"alert": self.policy.alert_threshold, "recovery": self.policy.recovery_threshold}
-        for row, kind in zip(decisions.event, decisions.kind, strict=True):
-            i = int(emit[row])
+        for position, kind in zip(decisions.event, decisions.kind, strict=True):
+            row = int(order[position])
+            c = int(customer[row])
+            trigger = "event" if row < n_events else "silence"
             value = churn_alert_value(
                 kind,
-                "event",
-                decoded.event_ids[i],
-                events.customer_ids[i],
+                trigger,
+                event_ids[int(emit[row])] if row < n_events else None,
+                applied.customers[c],
                 runner.version,
                 float(risk[row]),
                 threshold[kind],
-                int(events.ts[i]),
+                int(ts[row]),
                 self.policy.name,
             )
-            self.emitter.send(s.topics.churn_alerts, events.customer_ids[i], value)
-            self.metrics.alerts.labels(kind).inc()
+            self.emitter.send(s.topics.churn_alerts, applied.customers[c], value)
+            self.metrics.alerts.labels(kind, trigger).inc()
         report.alerts = len(decisions.kind)
-        if len(decisions.customers):
-            # stored with the window, after the alerts are acknowledged: a crash in between
-            # re-sends the alert (same prediction_id), never loses it
-            write.set_alerts(decisions.customers.tolist(), decisions.alerted.tolist(), decisions.alert_ts.tolist())
-        timers["produce"].observe(time.perf_counter() - t)
-        return write
+        if len(customer):
+            # stored with the window, after the outputs are acknowledged: a crash in between
+            # re-sends them (same prediction_id), never loses them
+            ordered = (customer[order], proba[order], risk[order], ts[order])
+            write.set_updates(self._updates(applied, *ordered, decisions, gated))
+
+    def _updates(
+        self,
+        applied: AppliedBatch,
+        customer: NDArray[np.int64],
+        proba: NDArray[np.float32],
+        risk: NDArray[np.float32],
+        ts: NDArray[np.int64],
+        decisions: Decisions,
+        gated: Gated,
+    ) -> NDArray[np.void]:
+        """Header fields of every scored customer after the batch; rows in stream order."""
+        headers = applied.headers
+        alerted = (headers["flags"] & FLAG_ALERTED).astype(bool)
+        alert_ts = headers["alert_ts"].astype(np.int64)
+        alerted[decisions.customers] = decisions.alerted
+        alert_ts[decisions.customers] = decisions.alert_ts
+        reversed_customers = customer[::-1]
+        scored, last_from_end = np.unique(reversed_customers, return_index=True)
+        last = len(customer) - 1 - last_from_end
+        updates = np.zeros(len(scored), UPDATE_ARG_DTYPE)
+        updates["customer"] = scored
+        updates["flags"] = (headers["flags"][scored] & ~np.uint32(FLAG_ALERTED)) | alerted[scored]
+        updates["alert_ts"] = alert_ts[scored]
+        updates["nba_ts"] = gated.nba_ts[scored]
+        updates["pred_code"] = self._class_codes[proba[last].argmax(axis=1)]
+        updates["pred_risk"] = risk[last]
+        updates["pred_ts"] = ts[last]
+        return updates
+
+    def _clocks_moved(self, applied: AppliedBatch, events: EventBatch) -> None:
+        """Remember each partition's clock, and when events last moved it (idle advance)."""
+        now = time.monotonic()
+        with_events = set(np.unique(events.partition).tolist())
+        for partition, c1 in zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True):
+            self._clock[partition] = c1
+            if partition in with_events:
+                self._clock_by_events[partition] = (c1, now)
+
+    def _idle_clocks(self) -> dict[int, int]:
+        """Clock moves for assigned partitions that had no events for `idle_after_seconds`: the
+        clock advances by the idle time beyond that, never past the wall clock."""
+        idle_after = self.settings.silence.idle_after_seconds
+        now, wall = time.monotonic(), int(time.time())
+        moves = {}
+        for topic, partition in self._assigned:
+            if topic != self.settings.topics.events or partition not in self._clock_by_events:
+                continue
+            clock, moved_at = self._clock_by_events[partition]
+            target = min(clock + int(now - moved_at - idle_after), wall)
+            if target > self._clock.get(partition, 0):
+                moves[partition] = target
+        return moves
 
     def _with_redis(self, call: Any, attempts: int | None = None) -> Any:
         """Run a Redis call; while Redis is down, pause consumption and retry with backoff.
@@ -443,6 +604,8 @@ class Scorer:
                 result = call()
             except redis.RedisError as exc:
                 self.metrics.redis_errors.inc()
+                if isinstance(exc, redis.ResponseError) and "user_script" in str(exc):
+                    raise  # a failing state script is a bug, not an outage: waiting would stall forever
                 if self.health.paused_reason != "redis":
                     log.error("Redis unavailable, pausing consumption: %s", exc)
                 self.health.paused_reason = "redis"
@@ -503,6 +666,33 @@ class Scorer:
                 max(0.0, (now_ms - last) / 1000.0) if lag and last else 0.0
             )
         self.health.lag = total
+
+    def sweep(self, as_of: int, on_step: Callable[[int, BatchReport], None] | None = None) -> BatchReport:
+        """Move every partition's stored clock to `as_of` (a day at a time, so a long backfill
+        stays in bounded calls), scoring and alerting the silences it passes, as serving does.
+        For backfills: while no scorer serves these partitions, or one that is behind."""
+        s = self.settings
+        self.runner = self.watcher.load_current()
+        self._set_model(self.runner)
+        self.store = self._new_store()
+        self.emitter = Emitter(s.kafka_config())
+        total = BatchReport()
+        store = self.store
+        clocks = self._with_redis(store.clocks)
+        try:
+            while moves := {p: min(c + SWEEP_STEP_S, as_of) for p, c in clocks.items() if c < as_of}:
+                report = BatchReport()
+                write = self._score(EventBatch.empty(), [], report, moves)
+                self.emitter.wait_delivered(keep_membership=False)
+                self._with_redis(functools.partial(store.write, write))
+                clocks.update(moves)
+                total.silences += report.silences
+                total.alerts += report.alerts
+                if on_step is not None:
+                    on_step(min(clocks.values()), total)
+        finally:
+            self.emitter.close()
+        return total
 
     def close(self) -> None:
         """Finish: deliver what was sent, commit the stored offsets, leave the group."""

@@ -67,7 +67,7 @@ def run_baseline(
                 proba, risk = runner.infer_unpadded(encode(raw, runner.spec))
                 value = next_action_values(
                     decoded.event_ids, decoded.events.customer_ids, decoded.events.ts, proba, risk,
-                    runner.spec.vocabulary, runner.version, 3, None, applied.status == TOO_LATE,
+                    runner.spec.vocabulary, runner.version, 3, None, applied.status == TOO_LATE, "top-k(k=3)",
                 )[0]
                 producer.produce(output_topic, key=decoded.events.customer_ids[0], value=value)
                 producer.poll(0)

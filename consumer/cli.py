@@ -351,6 +351,57 @@ def cmd_bench(args: argparse.Namespace) -> int:
     os._exit(0)
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from consumer.app import BatchReport, Scorer
+    from consumer.emit import iso
+    from consumer.settings import load_settings
+
+    settings = load_settings()
+    if not settings.silence.enabled:
+        raise ConfigError("sweep: silence scoring is off (SEQSCORE_SILENCE__ENABLED=false)")
+
+    def progress(clock: int, report: BatchReport) -> None:
+        print(f"\rsweep: clocks at {iso(clock)}: {report.silences} silences scored, {report.alerts} alerts",
+              end="", file=sys.stderr, flush=True)
+
+    report = Scorer(settings).sweep(args.as_of, progress)
+    print(file=sys.stderr)
+    print(f"swept to {iso(args.as_of)}: {report.silences} silent customers scored, {report.alerts} churn alerts")
+    return 0
+
+
+def cmd_segments(args: argparse.Namespace) -> int:
+    import redis
+
+    from consumer import segments
+    from consumer.settings import load_settings
+    from training.registry import Registry
+
+    settings = load_settings()
+    try:
+        last = segments.parse_last(args.last)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    registry = Registry(settings.registry)
+    current = registry.current()
+    vocabulary = registry.manifest(current)["features"]["vocabulary"] if current else []
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    snapshot = segments.scan(client, settings.state.key_prefix, max(len(last), 3))
+    try:
+        rows = segments.select(snapshot, last, args.predicted, args.min_churn)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    records = segments.rows_of(snapshot, rows, segments.names_by_code(vocabulary))
+    text = segments.to_csv(records)
+    if args.out is None:
+        sys.stdout.write(text)
+    else:
+        args.out.write_text(text)
+    print(f"{len(records)} of {len(snapshot)} customers in the segment"
+          + (f"; wrote {args.out}" if args.out else ""), file=sys.stderr)
+    return 0
+
+
 def cmd_erase(args: argparse.Namespace) -> int:
     import redis
 
@@ -475,6 +526,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("segments", help="export customers by last activities, predicted next action, churn risk")
+    p.add_argument("--last", default="", help="their last activities, oldest first, '*' = any one: 'A,B,*,C'")
+    p.add_argument("--predicted", default=None, help="predicted next activity")
+    p.add_argument("--min-churn", type=_fraction, default=0.0, help="minimum churn risk (latest scoring)")
+    p.add_argument("--out", type=Path, default=None, help="CSV file (default: stdout)")
+    p.set_defaults(func=cmd_segments)
+
+    p = sub.add_parser("sweep", help="score silent customers up to an event time (backfills), as serving does")
+    p.add_argument("--as-of", type=_timestamp, required=True, help="event time to move every partition's clock to")
+    p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("bench", help="measure the pipeline on the local stack against a per-event baseline")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events for the throughput run")

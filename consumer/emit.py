@@ -21,8 +21,6 @@ from numpy.typing import NDArray
 from state.errors import KafkaUnavailable
 from state.events import SCHEMA_VERSION
 
-NEXT_ACTION_POLICY = "top-k"
-
 
 def prediction_id(kind: str, event_id: str, model_version: str) -> str:
     """Deterministic: a replay of the same event under the same model gives the same id."""
@@ -44,6 +42,7 @@ def next_action_values(
     top_k: int,
     steps: NDArray[np.int64] | None,
     late: NDArray[np.bool_],
+    policy: str,
 ) -> list[bytes]:
     """JSON values for next-actions, one per scored event (see state/events.py NextActionMessage)."""
     k = min(top_k, proba.shape[1])
@@ -68,7 +67,7 @@ def next_action_values(
             "steps": step_names[i] if step_names is not None else None,
             "churn_risk": churn_list[i],
             "late": late_list[i],
-            "policy": f"{NEXT_ACTION_POLICY}(k={k})",
+            "policy": policy,
         }
         out.append(orjson.dumps(message))
     return out

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from consumer.policy import SUPPRESS_REASONS
 from state.events import InvalidReason
 from state.store import STATUS_NAMES
 
@@ -29,7 +30,19 @@ class Metrics:
         )
         self.predictions = Counter("seqscore_predictions_total", "Next-action predictions produced.", registry=r)
         self.alerts = Counter(
-            "seqscore_churn_alerts_total", "Churn alert messages produced, by kind.", ["kind"], registry=r
+            "seqscore_churn_alerts_total",
+            "Churn alert messages produced, by kind and by what triggered the scoring (event, silence).",
+            ["kind", "trigger"],
+            registry=r,
+        )
+        self.silence_scored = Counter(
+            "seqscore_silence_scored_total", "Silent customers scored as their silence crossed a mark.", registry=r
+        )
+        self.suppressed = Counter(
+            "seqscore_next_actions_suppressed_total",
+            "Next-action predictions a decision policy held back, by reason.",
+            ["reason"],
+            registry=r,
         )
         self.profiles = Counter(
             "seqscore_profile_updates_total", "Customer profile records applied.", ["kind"], registry=r
@@ -80,7 +93,10 @@ class Metrics:
         for status in STATUS_NAMES:
             self.state.labels(status)
         for kind in ("alert", "recovery"):
-            self.alerts.labels(kind)
+            for trigger in ("event", "silence"):
+                self.alerts.labels(kind, trigger)
+        for reason in SUPPRESS_REASONS:
+            self.suppressed.labels(reason)
         for result in ("loaded", "refused"):
             self.reloads.labels(result)
         for reason in ("redis", "kafka"):

@@ -65,6 +65,32 @@ class OutputSettings(BaseModel):
     churn_alert_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     churn_recovery_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     churn_cooldown_seconds: int = Field(default=7 * 86_400, ge=0)
+    next_action_min_probability: float = Field(
+        default=0.0, ge=0.0, le=1.0, description="Emit a next action only when its top-1 probability reaches this."
+    )
+    next_action_min_interval_seconds: int = Field(
+        default=0, ge=0, description="Frequency cap: at most one next action per customer per interval (event time)."
+    )
+    next_action_quiet_after_alert_seconds: int = Field(
+        default=0, ge=0, description="No next actions for a customer in alert, this long after the alert."
+    )
+
+
+class SilenceSettings(BaseModel):
+    enabled: bool = Field(default=True, description="Score customers whose silence crosses a mark.")
+    marks_days: list[int] | None = Field(
+        default=None, description="Days of silence at which to score; default: training's marks within the horizon."
+    )
+    idle_after_seconds: float = Field(
+        default=60.0, gt=0, description="A partition without events this long advances its clock by wall time."
+    )
+
+    @field_validator("marks_days")
+    @classmethod
+    def _marks_in_range(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (not value or any(not 1 <= d <= 3650 for d in value)):
+            raise ValueError("must be a non-empty list of days between 1 and 3650")
+        return value
 
 
 class Settings(BaseSettings):
@@ -89,6 +115,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     state: StateSettings = Field(default_factory=StateSettings)
     outputs: OutputSettings = Field(default_factory=OutputSettings)
+    silence: SilenceSettings = Field(default_factory=SilenceSettings)
     model: ModelSettings = Field(default_factory=ModelSettings)
 
     @field_validator("redis_url")

@@ -3,8 +3,12 @@
 Key layout (each customer's keys share the hash tag `{c:ID}`, so they live in one Redis
 Cluster slot):
 
-    {prefix}:{c:ID}:w   packed window: 32-byte header + 16-byte records (see scripts/apply_batch.lua)
+    {prefix}:{c:ID}:w   packed window: 44-byte header (alert state, the latest prediction)
+                        + 16-byte records (see scripts/apply_batch.lua)
     {prefix}:{c:ID}:p   profile: 2 bytes (gender index, age-group index; 255 = unknown)
+    {prefix}:quiet:P    sorted set: customers of events partition P by last event time,
+                        while younger than the last silence mark
+    {prefix}:clock      hash: events partition -> its event-time clock (epoch seconds)
 
 State is raw (event time, activity codes, an event_id tag), never model tokens, so a new
 vocabulary or window needs no migration. One EVALSHA applies a batch idempotently: replayed
@@ -28,7 +32,7 @@ from redis.client import Pipeline
 
 from state.encoding import RawWindows, window_index
 
-HEADER_DTYPE = np.dtype(
+HEADER_DTYPE = np.dtype(  # as the script returns it
     [
         ("offset", "<f8"),
         ("partition", "<u4"),
@@ -37,16 +41,39 @@ HEADER_DTYPE = np.dtype(
         ("alert_ts", "<u4"),
         ("flags", "<u4"),
         ("count", "<u4"),
+        ("nba_ts", "<u4"),
+        ("pred_code", "<u4"),
+        ("pred_risk", "<f4"),
+        ("pred_ts", "<u4"),
+    ]
+)
+STORED_HEADER_DTYPE = np.dtype(  # as the window value starts
+    [
+        ("offset", "<f8"),
+        ("partition", "<u4"),
+        ("count", "<u4"),
+        ("first_ts", "<u4"),
+        ("alert_ts", "<u4"),
+        ("flags", "<u4"),
+        ("nba_ts", "<u4"),
+        ("pred_code", "<u4"),
+        ("pred_risk", "<f4"),
+        ("pred_ts", "<u4"),
     ]
 )
 RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
 EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
-STORED_HEADER_BYTES = 32
+STORED_HEADER_BYTES = STORED_HEADER_DTYPE.itemsize
 EVENT_ARG_DTYPE = np.dtype(
     [("customer", "<u4"), ("partition", "<u4"), ("offset", "<f8"), ("ts", "<u4"), ("coarse", "<u4"),
      ("fine", "<u4"), ("tag", "<u4")]
 )
-ALERT_ARG_DTYPE = np.dtype([("customer", "<u4"), ("alerted", "<u4"), ("alert_ts", "<u4")])
+UPDATE_ARG_DTYPE = np.dtype(
+    [("customer", "<u4"), ("flags", "<u4"), ("alert_ts", "<u4"), ("nba_ts", "<u4"), ("pred_code", "<u4"),
+     ("pred_risk", "<f4"), ("pred_ts", "<u4")]
+)
+DUE_DTYPE = np.dtype([("customer", "<u4"), ("partition", "<u4"), ("last_ts", "<u4"), ("mark", "<u4")])
+CLOCK_DTYPE = np.dtype([("partition", "<u4"), ("c0", "<u4"), ("c1", "<u4")])
 FLAG_ALERTED = 1
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
@@ -73,6 +100,12 @@ class EventBatch:
     def __len__(self) -> int:
         return len(self.ts)
 
+    @classmethod
+    def empty(cls) -> EventBatch:
+        """No events: a call that only moves partitions' clocks (silence)."""
+        no_int, no_code = np.zeros(0, np.int64), np.zeros(0, np.uint32)
+        return cls([], no_int, no_int, no_int, no_code, no_code, no_code)
+
 
 @dataclass
 class AppliedBatch:
@@ -87,6 +120,8 @@ class AppliedBatch:
     age_group: NDArray[np.int64]
     status: NDArray[np.int64]  # per event
     position: NDArray[np.int64]  # per event, 1-based record index (0 = trimmed away)
+    due: NDArray[np.void]  # DUE_DTYPE, customer 0-based: silences that crossed a mark
+    clocks: NDArray[np.void]  # CLOCK_DTYPE: each partition's clock move
 
     def windows(
         self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
@@ -133,20 +168,19 @@ class PendingWrite:
     """A batch's state change, computed but not yet stored. The scorer stores it only after
     the batch's outputs are acknowledged: a crash before that replays the batch against
     unchanged state (same windows, same predictions), and a replay of a stored batch means
-    its outputs were delivered, so it needs no window. Alert state changes travel in the
-    same atomic script call as the events."""
+    its outputs were delivered, so it needs no window. Per-customer updates (alert state,
+    next-action cap, the latest prediction) travel in the same atomic script call."""
 
     keys: list[str]
-    args: list[int | str | bytes]  # the script's arguments for this batch, mode 'w', no alert updates yet
+    args: list[int | str | bytes]  # the script's arguments for this batch, mode 'w', no updates yet
 
-    def set_alerts(self, customers: list[int], alerted: list[bool], alert_ts: list[int]) -> None:
-        """Alert state per customer, by index in the batch's customer order."""
-        updates = np.zeros(len(customers), ALERT_ARG_DTYPE)
-        updates["customer"] = np.asarray(customers, dtype=np.int64) + 1
-        updates["alerted"] = alerted
-        updates["alert_ts"] = alert_ts
-        self.args[5] = len(customers)
-        self.args[7] = updates.tobytes()
+    def set_updates(self, updates: NDArray[np.void]) -> None:
+        """Header fields per customer (UPDATE_ARG_DTYPE; `customer` = 0-based index in the
+        batch's customer order, the due customers after the batch's own)."""
+        packed = updates.astype(UPDATE_ARG_DTYPE, copy=True)
+        packed["customer"] += 1
+        self.args[5] = len(packed)
+        self.args[7] = packed.tobytes()
 
 
 class StateStore:
@@ -155,9 +189,18 @@ class StateStore:
     stored, and then its outputs were delivered and it is not scored again."""
 
     def __init__(
-        self, client: redis.Redis, prefix: str, capacity: int, lateness_seconds: int, ttl_seconds: int
+        self,
+        client: redis.Redis,
+        prefix: str,
+        capacity: int,
+        lateness_seconds: int,
+        ttl_seconds: int,
+        silence_marks: tuple[int, ...] = (),
     ) -> None:
+        """`silence_marks`: seconds of silence at which a customer is scored again (empty: off)."""
         self.client = client
+        self.silence_marks = tuple(sorted(silence_marks))
+        self._marks = np.array(self.silence_marks, dtype="<u4").tobytes()
         self.prefix = prefix
         self.capacity = capacity
         self.lateness = lateness_seconds
@@ -171,26 +214,32 @@ class StateStore:
     def profile_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{c:{customer_id}}}:p"
 
-    def apply(self, batch: EventBatch) -> AppliedBatch:
+    def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
         """Apply and store the batch in one round trip; return every event's window position."""
-        customers, customer_index, keys, args = self._script_call(batch, "rw")
+        customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
         return self._applied(customers, customer_index, self._apply(keys=keys, args=args))
 
-    def preview(self, batch: EventBatch, before: PendingWrite | None = None) -> tuple[AppliedBatch, PendingWrite]:
+    def preview(
+        self, batch: EventBatch, before: PendingWrite | None = None, clocks: dict[int, int] | None = None
+    ) -> tuple[AppliedBatch, PendingWrite]:
         """In one round trip: store `before` (the previous batch, now acknowledged), then
-        compute this batch's windows without storing them. Returns the windows and the
-        write to store once this batch's outputs are acknowledged."""
-        customers, customer_index, keys, args = self._script_call(batch, "r")
+        compute this batch's windows, and the silences its clock moves make due, without
+        storing them. `clocks` moves partitions' clocks at least that far (a quiet partition,
+        a sweep). Returns the windows and the write to store once this batch's outputs are
+        acknowledged."""
+        customers, customer_index, keys, args = self._script_call(batch, "r", clocks)
 
         def queue(pipe: Pipeline) -> None:
             if before is not None:
                 self._queue_write(pipe, before)
             pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
 
-        reply = self._execute(queue)[-1]
+        applied = self._applied(customers, customer_index, self._execute(queue)[-1])
+        extra = applied.customers[len(customers) :]
+        write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
         write_args = list(args)
         write_args[4] = "w"
-        return self._applied(customers, customer_index, reply), PendingWrite(keys, write_args)
+        return applied, PendingWrite(write_keys, write_args)
 
     def write(self, pending: PendingWrite) -> None:
         """Store a previewed batch (idempotent: storing it twice changes nothing)."""
@@ -213,7 +262,7 @@ class StateStore:
         raise AssertionError("unreachable")
 
     def _script_call(
-        self, batch: EventBatch, mode: str
+        self, batch: EventBatch, mode: str, clocks: dict[int, int] | None = None
     ) -> tuple[list[str], NDArray[np.int64], list[str], list[int | str | bytes]]:
         index: dict[str, int] = {}
         customer_index = np.fromiter(
@@ -230,19 +279,35 @@ class StateStore:
         packed["fine"] = batch.fine
         packed["tag"] = batch.tag
         head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
-        args = [*head, packed.tobytes(), b""]
+        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks)]
         return customers, customer_index, keys, args
 
     @staticmethod
-    def _applied(customers: list[str], customer_index: NDArray[np.int64], reply: list[bytes]) -> AppliedBatch:
-        headers_raw, records_raw, profiles_raw, events_raw = reply
+    def _clock_moves(batch: EventBatch, clocks: dict[int, int] | None) -> bytes:
+        """Per partition: the newest event time of the batch (or further, by `clocks`)."""
+        moves = dict(clocks or {})
+        if len(batch):
+            order = np.argsort(batch.partition, kind="stable")
+            by_partition = batch.partition[order]
+            starts = np.flatnonzero(np.r_[True, by_partition[1:] != by_partition[:-1]])
+            partitions, newest = by_partition[starts], np.maximum.reduceat(batch.ts[order], starts)
+            for partition, ts in zip(partitions.tolist(), newest.tolist(), strict=True):
+                moves[partition] = max(moves.get(partition, 0), ts)
+        packed = np.array(sorted(moves.items()), dtype=np.uint32).reshape(-1, 2)
+        return packed.astype("<u4").tobytes()
+
+    @staticmethod
+    def _applied(customers: list[str], customer_index: NDArray[np.int64], reply: list[Any]) -> AppliedBatch:
+        headers_raw, records_raw, profiles_raw, events_raw, due_raw, due_names, clocks_raw = reply
         headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
         records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
         profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
         events = np.frombuffer(events_raw, dtype=EVENT_DTYPE)
+        due = np.frombuffer(due_raw, dtype=DUE_DTYPE).copy()
+        due["customer"] -= 1
         record_start = np.concatenate([[0], np.cumsum(headers["n_records"].astype(np.int64))[:-1]])
         return AppliedBatch(
-            customers=customers,
+            customers=customers + [name.decode("utf-8") for name in due_names],
             customer_index=customer_index,
             headers=headers,
             records=records,
@@ -251,6 +316,8 @@ class StateStore:
             age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
             status=events["status"].astype(np.int64),
             position=events["position"].astype(np.int64),
+            due=due,
+            clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),
         )
 
     def set_profiles(self, customer_ids: list[str], gender: list[int], age_group: list[int]) -> None:
@@ -262,7 +329,21 @@ class StateStore:
 
     def erase(self, customer_id: str) -> int:
         """Delete everything stored about a customer; returns the number of keys removed."""
-        return int(self.client.delete(self.window_key(customer_id), self.profile_key(customer_id)))
+        raw = self.raw_value(customer_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.window_key(customer_id), self.profile_key(customer_id))
+        if raw is not None:
+            partition = int(np.frombuffer(raw[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["partition"][0])
+            pipe.zrem(self.quiet_key(partition), customer_id)
+        return int(pipe.execute()[0])
+
+    def quiet_key(self, partition: int) -> str:
+        return f"{self.prefix}:quiet:{partition}"
+
+    def clocks(self) -> dict[int, int]:
+        """Each events partition's stored event-time clock."""
+        stored = self.client.hgetall(f"{self.prefix}:clock")
+        return {int(p): int(float(c)) for p, c in stored.items()}
 
     def raw_value(self, customer_id: str) -> bytes | None:
         value = self.client.get(self.window_key(customer_id))

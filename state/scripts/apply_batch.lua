@@ -1,20 +1,33 @@
--- Applies one batch of events to the customers' packed windows in one call.
+-- Applies one batch of events to the customers' packed windows in one call, and finds the
+-- customers whose silence crossed a mark while the batch moved each partition's clock.
 --
 -- KEYS: for customer i (1-based): KEYS[2i-1] = window key, KEYS[2i] = profile key
 --       (both carry the customer's hash tag, so one customer stays in one Cluster slot).
--- ARGV: capacity, lateness seconds, ttl seconds, event count n, mode, alert update count m,
---       events: n packed 32-byte records '<IIdIIII' (customer index, partition, offset, ts,
---       coarse code, fine code, tag), alerts: m packed '<III' (customer index, alerted 0/1,
---       alert ts). Packed, the batch is one argument instead of 7n (no per-field parsing
---       in the client or the server). Alert updates are applied in 'w' mode only, in the same
---       atomic call as the events, so a client killed mid-send never leaves a window without
---       its alert state.
+-- ARGV: 1 capacity, 2 lateness seconds, 3 ttl seconds, 4 event count n, 5 mode,
+--       6 update count m, 7 events: n packed 32-byte records '<IIdIIII' (customer index,
+--       partition, offset, ts, coarse code, fine code, tag), 8 updates: m packed 28-byte
+--       '<IIIIIfI' (customer index, flags, alert ts, next-action ts, predicted activity code,
+--       churn risk, prediction ts), 9 key prefix, 10 silence marks: packed '<I' seconds,
+--       ascending (empty: silence is not tracked), 11 clocks: packed '<II' (partition, event
+--       time the partition's clock moves to, at least).
+--       Packed, the batch is a few arguments instead of 7n (no per-field parsing in the
+--       client or the server). Updates are applied in 'w' mode only, in the same atomic call
+--       as the events, so a client killed mid-send never leaves a window without its alert
+--       and prediction state.
 --       mode: 'r' computes and replies without writing (the scorer scores from this, and
 --       writes only after the outputs are acknowledged), 'w' writes and replies 0, 'rw' both.
 --       The same batch gives the same result in every mode, so 'r' then 'w' equals 'rw'.
 --
--- Window value: a 32-byte header (offset as double, partition, count, first ts, alert ts,
--- flags, reserved) and 16-byte records (ts, coarse, fine, tag) in event-time order.
+-- Window value: a 44-byte header (offset as double, partition, count, first ts, alert ts,
+-- flags, next-action ts, predicted activity code, churn risk as float, prediction ts) and
+-- 16-byte records (ts, coarse, fine, tag) in event-time order.
+--
+-- Silence: {prefix}:quiet:{partition} is a sorted set of the partition's customers by their
+-- last event time, kept while they are younger than the last mark; {prefix}:clock holds
+-- each partition's event-time clock. A partition's clock moves from c0 (stored) to c1 (the
+-- clocks argument, at least c0); a customer is due at mark m when last + m lies in (c0, c1].
+-- Due customers come back with their windows (as extra customers after the batch's own);
+-- the caller decides, from the batch's order, whether they were still silent at the mark.
 --
 -- Per event: 0 applied, 1 replay (offset already applied: nothing changes), 2 duplicate
 -- event_id (ignored), 3 late but inserted in event-time order, 4 too late (beyond the
@@ -22,31 +35,49 @@
 -- records (all stored ones plus this batch's, trimmed to capacity only when written), or for
 -- status 4 the number of records at or before its time; 0 when a replayed event's record is gone.
 --
--- Returns {headers, records, profiles, per-event status/position}: headers and profiles
--- in customer order (32 and 2 bytes each), records concatenated (count in each header),
--- and 4 bytes per event.
+-- Returns {headers, records, profiles, per-event status/position, due, due names, clocks}:
+-- headers (48 bytes) and profiles (2 bytes) in customer order, records concatenated (count
+-- in each header), 4 bytes per event, due '<IIII' (customer index, partition, last ts, mark),
+-- the ids of the extra customers, clocks '<III' (partition, c0, c1).
 
-local HDR, REC = 32, 16
+local HDR, REC = 44, 16
 local TAG_SCAN = 32
+local MAX_DUE = 20000
 local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
-local n_alerts = tonumber(ARGV[6])
-local EVENTS, ALERTS = ARGV[7], ARGV[8]
-local EV = 32
+local n_updates = tonumber(ARGV[6])
+local EVENTS, UPDATES, PREFIX, MARKS, CLOCKS = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local EV, UPD = 32, 28
 local ncust = #KEYS / 2
+local clock_key = PREFIX .. ':clock'
 
-local state = {}
-for i = 1, ncust do
-  local raw = redis.call('GET', KEYS[2 * i - 1])
-  local s = {dirty = false}
+local function quiet_key(partition) return PREFIX .. ':quiet:' .. partition end
+local function window_key(id) return PREFIX .. ':{c:' .. id .. '}:w' end
+local function profile_key(id) return PREFIX .. ':{c:' .. id .. '}:p' end
+local function customer_of(key) return string.sub(key, #PREFIX + 5, #key - 3) end
+
+local marks = {}
+for k = 1, #MARKS / 4 do marks[k] = (struct.unpack('<I', MARKS, (k - 1) * 4 + 1)) end
+
+local function load(raw)
+  local s = {dirty = false, grew = false}
   if raw then
-    s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags = struct.unpack('<dIIIII', raw)
+    s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts =
+      struct.unpack('<dIIIIIIIfI', raw)
     s.recs = string.sub(raw, HDR + 1)
   else
     s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags = -1, 0, 0, 0, 0, 0
+    s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = 0, 0, 0, 0
     s.recs = ''
   end
-  state[i] = s
+  return s
+end
+
+local state, index_of, keys = {}, {}, {}
+for i = 1, ncust do
+  keys[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
+  state[i] = load(redis.call('GET', KEYS[2 * i - 1]))
+  index_of[KEYS[2 * i - 1]] = i
 end
 
 local function rec_ts(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC + 1)) end
@@ -100,6 +131,7 @@ for e = 1, n do
     if status[e] ~= 4 then
       if s.count == 0 or ts < s.first then s.first = ts end
       s.count = s.count + 1
+      s.grew = true
     end
   end
   if status[e] ~= 1 then
@@ -108,12 +140,49 @@ for e = 1, n do
   end
 end
 
+-- each partition's clock: from the stored c0 (0 for a partition seen for the first time) to c1
+local clocks = {}
+for k = 1, #CLOCKS / 8 do
+  local partition, floor = struct.unpack('<II', CLOCKS, (k - 1) * 8 + 1)
+  local stored = tonumber(redis.call('HGET', clock_key, partition)) or 0
+  clocks[k] = {partition, stored, math.max(floor, stored)}
+end
+
+-- due: customers whose last event + a mark falls inside the clock's move (found before this
+-- call's writes, so 'rw' answers as 'r' does)
+local due, due_names = {}, {}
+if #marks > 0 and replies then
+  for _, clock in ipairs(clocks) do
+    local partition, c0, c1 = clock[1], clock[2], clock[3]
+    if c1 > c0 then
+      for _, mark in ipairs(marks) do
+        local found = redis.call('ZRANGEBYSCORE', quiet_key(partition), '(' .. (c0 - mark), c1 - mark,
+          'WITHSCORES', 'LIMIT', 0, MAX_DUE)
+        for j = 1, #found, 2 do
+          local key = window_key(found[j])
+          local ci = index_of[key]
+          if not ci then
+            ncust = ncust + 1
+            ci = ncust
+            index_of[key] = ci
+            keys[ci] = {key, profile_key(found[j])}
+            state[ci] = load(redis.call('GET', key))
+            due_names[#due_names + 1] = found[j]
+          end
+          if state[ci].count > 0 then
+            due[#due + 1] = struct.pack('<IIII', ci, partition, tonumber(found[j + 1]), mark)
+          end
+        end
+      end
+    end
+  end
+end
+
 if writes then
-  for k = 1, n_alerts do
-    local ci, alerted, alert_ts = struct.unpack('<III', ALERTS, (k - 1) * 12 + 1)
+  for k = 1, n_updates do
+    local ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts = struct.unpack('<IIIIIfI', UPDATES, (k - 1) * UPD + 1)
     local s = state[ci]
-    s.flags = s.flags - s.flags % 2 + alerted
-    s.alert_ts = alert_ts
+    s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
     s.dirty = true
   end
   for i = 1, ncust do
@@ -122,9 +191,19 @@ if writes then
       -- trimmed only when stored: every event of this batch keeps its full window in the reply
       local keep = s.recs
       if #keep > capacity * REC then keep = string.sub(keep, #keep - capacity * REC + 1) end
-      local header = struct.pack('<dIIIII', s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags) .. string.rep('\0', 4)
-      redis.call('SET', KEYS[2 * i - 1], header .. keep, 'EX', ttl)
-      redis.call('EXPIRE', KEYS[2 * i], ttl)
+      local header = struct.pack('<dIIIIIIIfI', s.offset, s.partition, s.count, s.first, s.alert_ts, s.flags,
+        s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts)
+      redis.call('SET', keys[i][1], header .. keep, 'EX', ttl)
+      redis.call('EXPIRE', keys[i][2], ttl)
+      if s.grew and #marks > 0 then
+        redis.call('ZADD', quiet_key(s.partition), rec_ts(keep, #keep / REC), customer_of(keys[i][1]))
+      end
+    end
+  end
+  for _, clock in ipairs(clocks) do
+    redis.call('HSET', clock_key, clock[1], clock[3])
+    if #marks > 0 then  -- past the last mark nobody is due again until they return
+      redis.call('ZREMRANGEBYSCORE', quiet_key(clock[1]), '-inf', '(' .. (clock[3] - marks[#marks]))
     end
   end
 end
@@ -133,9 +212,10 @@ if not replies then return 0 end
 local headers, records, profiles = {}, {}, {}
 for i = 1, ncust do
   local s = state[i]
-  headers[i] = struct.pack('<dIIIII', s.offset, s.partition, #s.recs / REC, s.first, s.alert_ts, s.flags) .. struct.pack('<I', s.count)
+  headers[i] = struct.pack('<dIIIIIIIIfI', s.offset, s.partition, #s.recs / REC, s.first, s.alert_ts, s.flags,
+    s.count, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts)
   records[i] = s.recs
-  profiles[i] = redis.call('GET', KEYS[2 * i]) or '\255\255'
+  profiles[i] = redis.call('GET', keys[i][2]) or '\255\255'
 end
 
 local positions = {}
@@ -151,4 +231,8 @@ for e = 1, n do
   positions[e] = struct.pack('<HH', status[e], pos)
 end
 
-return {table.concat(headers), table.concat(records), table.concat(profiles), table.concat(positions)}
+local clock_out = {}
+for k, clock in ipairs(clocks) do clock_out[k] = struct.pack('<III', clock[1], clock[2], clock[3]) end
+
+return {table.concat(headers), table.concat(records), table.concat(profiles), table.concat(positions),
+  table.concat(due), due_names, table.concat(clock_out)}

@@ -14,7 +14,9 @@ from state.store import (
     DUPLICATE,
     LATE_INSERTED,
     REPLAY,
+    STORED_HEADER_BYTES,
     TOO_LATE,
+    UPDATE_ARG_DTYPE,
     AppliedBatch,
     EventBatch,
     StateStore,
@@ -46,6 +48,12 @@ def batch(rows: list[tuple[str, int, int, str, str]], partition: int = 0) -> Eve
         fine=np.array([activity_code(r[3] + "1") for r in rows], dtype=np.uint32),
         tag=np.array([event_tag(r[4]) for r in rows], dtype=np.uint32),
     )
+
+
+def alerts(customers: list[int], alerted: list[bool], alert_ts: list[int]) -> np.ndarray:
+    updates = np.zeros(len(customers), UPDATE_ARG_DTYPE)
+    updates["customer"], updates["flags"], updates["alert_ts"] = customers, alerted, alert_ts
+    return updates
 
 
 def window_ts(store_result: AppliedBatch, events: EventBatch, window: int = 4) -> list[list[int]]:
@@ -93,7 +101,9 @@ def test_late_events_keep_event_time_order(store: StateStore) -> None:
     assert result.status.tolist() == [LATE_INSERTED, TOO_LATE]
     # inserted between the two; the one beyond the 2-day bound is scored on what came before it
     assert window_ts(result, late) == [[-1, -1, 0, 2], [-1, -1, -1, -5]]
-    stored = np.frombuffer(store.raw_value("a")[32:], dtype=[("ts", "<u4"), ("c", "<u4"), ("f", "<u4"), ("t", "<u4")])
+    stored = np.frombuffer(
+        store.raw_value("a")[STORED_HEADER_BYTES:], dtype=[("ts", "<u4"), ("c", "<u4"), ("f", "<u4"), ("t", "<u4")]
+    )
     assert [(int(t) - T0) // DAY for t in stored["ts"]] == [0, 2, 3]
 
 
@@ -103,7 +113,7 @@ def test_capacity_keeps_the_newest_events(store: StateStore) -> None:
     # every event of the batch keeps its window; the stored value keeps the newest 6
     assert result.position.tolist() == list(range(1, 11)) and int(result.headers["count"][0]) == 10
     assert int(result.headers["first_ts"][0]) == T0
-    assert (len(store.raw_value("a")) - 32) // 16 == 6
+    assert (len(store.raw_value("a")) - STORED_HEADER_BYTES) // 16 == 6
     again = store.apply(batch([("a", 10, T0 + 10 * DAY, "A", "e10")]))
     assert int(again.headers["n_records"][0]) == 7 and again.position.tolist() == [7]
 
@@ -114,17 +124,18 @@ def test_profiles_join_and_erase_removes_everything(store: StateStore) -> None:
     assert result.gender.tolist() == [1, -1] and result.age_group.tolist() == [3, -1]
     assert 0 < store.client.ttl(store.window_key("a")) <= 3600
     assert store.erase("a") == 2
+    assert store.client.zscore(store.quiet_key(0), "a") is None
     assert store.raw_value("a") is None
 
 
 def test_alert_state_is_stored_with_the_window_and_survives_in_the_header(store: StateStore) -> None:
     _, pending = store.preview(batch([("b", 0, T0, "B", "e9"), ("a", 1, T0, "A", "e0")]))
-    pending.set_alerts([1], [True], [T0])  # customer index 1 of the batch: "a"
+    pending.set_updates(alerts([1], [True], [T0]))  # customer index 1 of the batch: "a"
     store.write(pending)
     result = store.apply(batch([("a", 2, T0 + DAY, "A", "e1"), ("b", 3, T0 + DAY, "B", "e2")]))
     assert list(result.headers["flags"]) == [1, 0] and int(result.headers["alert_ts"][0]) == T0
     _, recover = store.preview(batch([("a", 4, T0 + 2 * DAY, "A", "e3")]))
-    recover.set_alerts([0], [False], [T0 + 2 * DAY])
+    recover.set_updates(alerts([0], [False], [T0 + 2 * DAY]))
     store.write(recover)
     assert int(store.apply(batch([("a", 4, T0 + 2 * DAY, "A", "e3")])).headers["flags"][0]) == 0
 
@@ -187,7 +198,7 @@ def test_preview_stores_nothing_until_written_and_then_equals_apply(store: State
     again, _ = store.preview(first)
     assert list(again.status) == [APPLIED, APPLIED], "so previewing twice gives the same answer"
 
-    pending.set_alerts([1], [True], [T0])
+    pending.set_updates(alerts([1], [True], [T0]))
     seen2, pending2 = store.preview(second, before=pending)  # stores `first`, then reads `second`
     assert list(seen2.position) == [2, 3] and store.raw_value("a") is not None
     store.client.script_flush()  # a restarted Redis has no scripts: loaded again, not an error
@@ -197,7 +208,7 @@ def test_preview_stores_nothing_until_written_and_then_equals_apply(store: State
     reference = StateStore(store.client, f"r{unique}", store.capacity, store.lateness, store.ttl)
     try:
         _, reference_first = reference.preview(first)
-        reference_first.set_alerts([1], [True], [T0])
+        reference_first.set_updates(alerts([1], [True], [T0]))
         reference.write(reference_first)
         reference.apply(second)
         for customer in ("a", "b"):
@@ -206,4 +217,33 @@ def test_preview_stores_nothing_until_written_and_then_equals_apply(store: State
         assert list(replayed.status) == [REPLAY, REPLAY]
     finally:
         for key in store.client.scan_iter(f"r{unique}:*"):
+            store.client.delete(key)
+
+
+def test_silences_come_due_as_the_partition_clock_passes_their_marks(store: StateStore, unique: str) -> None:
+    quiet = StateStore(store.client, f"q{unique}", 6, 2 * DAY, 3600, silence_marks=(10 * DAY, 30 * DAY))
+    try:
+        quiet.apply(batch([("a", 0, T0, "A", "e0"), ("b", 1, T0 + 5 * DAY, "B", "e1")]))
+        assert quiet.client.zscore(quiet.quiet_key(0), "a") == T0
+        assert quiet.clocks() == {0: T0 + 5 * DAY}
+        # the clock moves to T0 + 12 days: a's 10-day mark is passed, b's is not
+        seen, pending = quiet.preview(batch([("c", 2, T0 + 12 * DAY, "C", "e2")]))
+        assert seen.customers == ["c", "a"] and seen.due["customer"].tolist() == [1]
+        assert seen.due["last_ts"].tolist() == [T0] and seen.due["mark"].tolist() == [10 * DAY]
+        assert seen.clocks[["c0", "c1"]].tolist() == [(T0 + 5 * DAY, T0 + 12 * DAY)]
+        assert int(seen.headers["n_records"][1]) == 1, "the due customer comes back with its window"
+        assert pending.keys[-2] == quiet.window_key("a"), "so its alert state can be written"
+        again, _ = quiet.preview(batch([("c", 2, T0 + 12 * DAY, "C", "e2")]))
+        assert again.due["customer"].tolist() == [1], "nothing is stored by a preview"
+        quiet.write(pending)
+        assert quiet.preview(batch([("c", 3, T0 + 13 * DAY, "C", "e3")]))[0].due.size == 0, "each mark once"
+        # a quiet partition: its clock moves without events, past a's 30-day, b's and c's 10-day marks
+        moved = quiet.apply(EventBatch.empty(), clocks={0: T0 + 31 * DAY})
+        marks = zip(moved.due["customer"], moved.due["mark"].tolist(), strict=True)
+        due = sorted((moved.customers[c], m) for c, m in marks)
+        assert due == [("a", 30 * DAY), ("b", 10 * DAY), ("c", 10 * DAY)]
+        assert quiet.client.zscore(quiet.quiet_key(0), "a") is None, "past the last mark: no longer tracked"
+        assert quiet.erase("b") == 1 and quiet.client.zscore(quiet.quiet_key(0), "b") is None
+    finally:
+        for key in store.client.scan_iter(f"q{unique}:*"):
             store.client.delete(key)

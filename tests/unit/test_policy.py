@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.policy import AlertPolicy, decide
+from consumer.policy import SUPPRESS_REASONS, AlertPolicy, NextActionPolicy, decide, gate_next_actions
 
 POLICY = AlertPolicy(alert_threshold=0.7, recovery_threshold=0.5, cooldown_seconds=100)
 
@@ -52,3 +52,43 @@ def test_customers_are_independent() -> None:
     )
     assert out.event.tolist() == [0, 3] and out.kind == ["alert", "alert"]
     assert sorted(out.customers.tolist()) == [0, 1] and out.alerted.all()
+
+
+def gate(policy: NextActionPolicy, top_p: list[float], ts: list[int], alerted: list[bool] | None = None,
+         alert_ts: list[int] | None = None, customer: list[int] | None = None) -> list[str]:
+    n = len(ts)
+    out = gate_next_actions(
+        policy,
+        np.array(customer or [0] * n),
+        np.array(ts, dtype=np.int64),
+        np.array(top_p, dtype=np.float32),
+        np.array(alerted or [False] * n),
+        np.array(alert_ts or [0] * n, dtype=np.int64),
+        np.zeros(2, dtype=np.int64),
+    )
+    return ["sent" if r < 0 else SUPPRESS_REASONS[r] for r in out.reason]
+
+
+def test_next_actions_below_the_minimum_probability_are_held_back() -> None:
+    policy = NextActionPolicy(3, min_probability=0.4)
+    assert gate(policy, [0.5, 0.3, 0.4], [1, 2, 3]) == ["sent", "min_probability", "sent"]
+    assert "min_p=0.4" in policy.name
+
+
+def test_frequency_cap_allows_one_per_interval_per_customer() -> None:
+    policy = NextActionPolicy(3, min_interval_seconds=100)
+    sent = gate(policy, [0.9] * 5, [1000, 1050, 1099, 1100, 1120], customer=[0, 0, 0, 0, 1])
+    assert sent == ["sent", "frequency_cap", "frequency_cap", "sent", "sent"]
+    assert policy.name == "top-k(k=3,cap=1/100s)"
+
+
+def test_no_next_actions_in_the_quiet_period_after_an_alert() -> None:
+    policy = NextActionPolicy(3, quiet_after_alert_seconds=1000)
+    sent = gate(policy, [0.9] * 3, [100, 900, 1200], alerted=[True, True, True], alert_ts=[100] * 3)
+    assert sent == ["after_alert", "after_alert", "sent"]
+
+
+def test_decisions_report_each_rows_alert_state() -> None:
+    out = decide(POLICY, np.zeros(3, dtype=np.int64), np.array([0.8, 0.6, 0.4], dtype=np.float32),
+                 np.array([10, 20, 30]), np.array([False]), np.array([0], dtype=np.int64))
+    assert out.row_alerted.tolist() == [True, True, False] and out.row_alert_ts.tolist() == [10, 10, 30]

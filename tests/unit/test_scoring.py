@@ -67,14 +67,14 @@ def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
     proba, risk = runner.infer(inputs)
     steps = runner.forecast(inputs, proba, 2)
     values = next_action_values(["e1", "e2"], ["c1", "c2"], np.array([1_650_000_000, 1_650_000_100]), proba, risk,
-                                runner.spec.vocabulary, runner.version, 3, steps, np.array([False, True]))
+                                runner.spec.vocabulary, runner.version, 3, steps, np.array([False, True]), "top-k(k=3)")
     messages = [NextActionMessage.model_validate_json(v) for v in values]
     assert [m.event_id for m in messages] == ["e1", "e2"] and messages[1].late
     assert len(messages[0].actions) == 3 and messages[0].steps is not None and len(messages[0].steps) == 2
     probabilities = [a.probability for a in messages[0].actions]
     assert probabilities == sorted(probabilities, reverse=True)
     again = next_action_values(["e1"], ["c1"], np.array([1_650_000_000]), proba[:1], risk[:1],
-                               runner.spec.vocabulary, runner.version, 3, None, np.array([False]))
+                               runner.spec.vocabulary, runner.version, 3, None, np.array([False]), "top-k(k=3)")
     assert json.loads(again[0])["prediction_id"] == messages[0].prediction_id, "deterministic"
 
     alert = ChurnAlertMessage.model_validate_json(

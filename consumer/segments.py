@@ -1,0 +1,153 @@
+"""Segments for marketing: customers filtered by their last activities, their predicted next
+activity and their churn risk, read from the scorer's state in Redis.
+
+Each window value holds the customer's latest prediction (written with the window, after the
+outputs were acknowledged), so a segment is a scan of the windows: no second store to keep
+in step. Activities are stored as codes; names come from the serving model's vocabulary
+(an activity the model does not know shows as its code).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import redis
+from numpy.typing import NDArray
+
+from state.encoding import activity_code
+from state.store import RECORD_DTYPE, STORED_HEADER_BYTES, STORED_HEADER_DTYPE
+
+WILDCARD = "*"
+SCAN_BATCH = 1000
+CSV_COLUMNS = ("customer_id", "last_activities", "predicted_next", "churn_risk", "scored_at", "last_event_at", "events")
+
+
+@dataclass
+class Snapshot:
+    """Every customer with state, as arrays (customer order of the scan)."""
+
+    customer_ids: list[str]
+    last_codes: NDArray[np.uint32]  # (n, k) pre-padded with 0, newest last
+    pred_code: NDArray[np.uint32]
+    churn_risk: NDArray[np.float32]
+    pred_ts: NDArray[np.int64]  # 0: never scored
+    last_ts: NDArray[np.int64]
+    count: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.customer_ids)
+
+
+def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
+    """Header and last `last_k` records of every customer window, a pipeline per SCAN page."""
+    ids: list[str] = []
+    headers: list[bytes] = []
+    tails: list[bytes] = []
+    start = len(prefix) + 4  # "{prefix}:{c:" ... "}:w"
+    pipe = client.pipeline(transaction=False)
+    for keys in _pages(client, f"{prefix}:{{c:*}}:w"):
+        for key in keys:
+            pipe.get(key)
+        for key, value in zip(keys, pipe.execute(), strict=True):
+            if value is not None and len(value) >= STORED_HEADER_BYTES:  # not expired since the SCAN
+                ids.append(key.decode("utf-8")[start:-3])
+                headers.append(value[:STORED_HEADER_BYTES])
+                tails.append(value[max(STORED_HEADER_BYTES, len(value) - last_k * RECORD_DTYPE.itemsize) :])
+    head = np.frombuffer(b"".join(headers), dtype=STORED_HEADER_DTYPE)
+    last_codes = np.zeros((len(ids), last_k), dtype=np.uint32)
+    last_ts = np.zeros(len(ids), dtype=np.int64)
+    for i, tail in enumerate(tails):
+        records = np.frombuffer(tail, dtype=RECORD_DTYPE)
+        if len(records):
+            last_codes[i, last_k - len(records) :] = records["coarse"]
+            last_ts[i] = int(records["ts"][-1])
+    return Snapshot(
+        customer_ids=ids,
+        last_codes=last_codes,
+        pred_code=head["pred_code"].astype(np.uint32),
+        churn_risk=head["pred_risk"].astype(np.float32),
+        pred_ts=head["pred_ts"].astype(np.int64),
+        last_ts=last_ts,
+        count=head["count"].astype(np.int64),
+    )
+
+
+def _pages(client: redis.Redis, pattern: str) -> list[list[bytes]]:
+    pages, page = [], []
+    for key in client.scan_iter(match=pattern, count=SCAN_BATCH):
+        page.append(key)
+        if len(page) == SCAN_BATCH:
+            pages.append(page)
+            page = []
+    return [*pages, page] if page else pages
+
+
+def parse_last(text: str) -> list[str]:
+    """'A,B,*,C' -> ['A', 'B', '*', 'C']: the newest activity is the last one."""
+    items = [item.strip() for item in text.split(",")] if text.strip() else []
+    if any(not item for item in items):
+        raise ValueError(f"--last: empty activity in '{text}' (use * for any)")
+    return items
+
+
+def select(
+    snapshot: Snapshot, last: list[str], predicted: str | None = None, min_churn: float = 0.0
+) -> NDArray[np.int64]:
+    """Indices of customers whose last activities match `last` (oldest first, `*` = any one),
+    whose predicted next activity is `predicted` and whose churn risk is at least `min_churn`;
+    riskiest first."""
+    keep = snapshot.churn_risk >= min_churn
+    keep &= snapshot.pred_ts > 0 if min_churn > 0 or predicted else True
+    k = snapshot.last_codes.shape[1]
+    if len(last) > k:
+        raise ValueError(f"--last has {len(last)} activities; at most {k} are read")
+    for offset, name in enumerate(reversed(last)):
+        if name != WILDCARD:
+            keep &= snapshot.last_codes[:, k - 1 - offset] == activity_code(name)
+        else:
+            keep &= snapshot.last_codes[:, k - 1 - offset] != 0
+    if predicted:
+        keep &= snapshot.pred_code == activity_code(predicted)
+    rows = np.flatnonzero(keep)
+    return rows[np.argsort(-snapshot.churn_risk[rows], kind="stable")]
+
+
+def names_by_code(vocabulary: tuple[str, ...] | list[str]) -> dict[int, str]:
+    return {activity_code(name): name for name in vocabulary}
+
+
+def _iso(ts: int) -> str:
+    return datetime.fromtimestamp(int(ts), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts else ""
+
+
+def rows_of(snapshot: Snapshot, rows: NDArray[np.int64], names: dict[int, str]) -> list[dict[str, object]]:
+    def name(code: int) -> str:
+        return names.get(code, f"#{code}")
+
+    out = []
+    for i in rows.tolist():
+        codes = [int(c) for c in snapshot.last_codes[i] if c]
+        out.append(
+            {
+                "customer_id": snapshot.customer_ids[i],
+                "last_activities": ",".join(name(c) for c in codes),
+                "predicted_next": name(int(snapshot.pred_code[i])) if snapshot.pred_ts[i] else "",
+                "churn_risk": round(float(snapshot.churn_risk[i]), 4) if snapshot.pred_ts[i] else None,
+                "scored_at": _iso(int(snapshot.pred_ts[i])),
+                "last_event_at": _iso(int(snapshot.last_ts[i])),
+                "events": int(snapshot.count[i]),
+            }
+        )
+    return out
+
+
+def to_csv(records: list[dict[str, object]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(records)
+    return buffer.getvalue()
