@@ -52,10 +52,7 @@ def fired(
     (a batch may span more than a mark of event time). `event_windows`: each event's window."""
     stored = _stored_due(applied, batch, event_windows.ts.shape[1], level)
     inside = _inside_batch(applied, batch, marks, event_windows)
-    rows = [part for part in (stored, inside) if len(part)]
-    if len(rows) != 1:
-        rows = [_concat(stored, inside)]
-    both = rows[0]
+    both = _concat(stored, inside)
     order = np.lexsort((both.customer, both.as_of, both.before_event))
     return Silences(
         both.customer[order], both.as_of[order], both.mark[order], both.before_event[order], _take(both.raw, order)
@@ -122,13 +119,13 @@ def _inside_batch(
         found_event.append(on[starts[rows]])
         found_mark.append(mark[which])
         found_before.append(np.where(at[rows, which] < len(on), on[np.minimum(at[rows, which], len(on) - 1)], n))
-    if not found_event:
-        return _take(Silences(*(np.zeros(0, np.int64),) * 4, event_windows), np.zeros(0, np.int64))
-    event = np.concatenate(found_event)
-    marks_hit = np.concatenate(found_mark)
+    none = np.zeros(0, np.int64)
+    event = np.concatenate(found_event) if found_event else none
+    marks_hit = np.concatenate(found_mark) if found_mark else none
     raw = _take(event_windows, event)
     raw.score_ts = batch.ts[event] + marks_hit
-    return Silences(applied.customer_index[event], raw.score_ts.copy(), marks_hit, np.concatenate(found_before), raw)
+    before = np.concatenate(found_before) if found_before else none
+    return Silences(applied.customer_index[event], raw.score_ts.copy(), marks_hit, before, raw)
 
 
 def _take(raw: RawWindows | Silences, rows: NDArray[np.int64]) -> Any:
