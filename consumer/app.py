@@ -46,6 +46,7 @@ from consumer.metrics import Metrics
 from consumer.policy import SUPPRESS_REASONS, AlertPolicy, Decisions, Gated, NextActionPolicy, decide, gate_next_actions
 from consumer.profiles import ProfileFollower
 from consumer.scoring import ModelRunner
+from consumer.segments_page import PageContext, SegmentsPage
 from consumer.settings import Settings
 from consumer.source import EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
@@ -270,6 +271,12 @@ class Scorer:
                 self.metrics.kafka_errors.labels("commit").inc()
                 log.warning("commit failed: %s", exc)
 
+    def _page_context(self) -> PageContext | None:
+        runner = self.runner
+        if runner is None:
+            return None
+        return PageContext(tuple(runner.spec.vocabulary), self.policy.alert_threshold, runner.version)
+
     def _keep_membership(self) -> None:
         """While a batch waits on Kafka or Redis: stop fetching, but keep serving group callbacks."""
         if self.consumer is None:  # a sweep has no consumer
@@ -289,10 +296,11 @@ class Scorer:
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
         self._open()
-        self.http = serve_http(
-            self.settings.metrics_host, self.settings.metrics_port, self.metrics.registry, self.health
-        )
-        log.info("serving /metrics /healthz /readyz on %s:%d", self.settings.metrics_host, self.settings.metrics_port)
+        s = self.settings
+        page_client = redis.Redis.from_url(s.redis_url, socket_timeout=30)
+        page = SegmentsPage(page_client, s.state.key_prefix, self._page_context)
+        self.http = serve_http(s.metrics_host, s.metrics_port, self.metrics.registry, self.health, page.routes())
+        log.info("serving /metrics /healthz /readyz /segments on %s:%d", s.metrics_host, s.metrics_port)
         try:
             while not self.stop_requested.is_set():
                 self.step()

@@ -4,12 +4,27 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+Route = Callable[[str], Response]  # the query string in, the response out
 
 
 class HealthState:
@@ -54,24 +69,26 @@ def serve_http(
     port: int,
     registry: CollectorRegistry,
     health: HealthState,
-    extra: dict[str, Callable[[BaseHTTPRequestHandler], None]] | None = None,
+    routes: dict[str, Route] | None = None,
 ) -> ThreadingHTTPServer:
     """Start the HTTP server in a daemon thread; returns it (call shutdown() to stop)."""
-    routes = dict(extra or {})
+    pages = dict(routes or {})
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
             return
 
-        def _send(self, code: int, body: bytes, content_type: str) -> None:
+        def _send(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
             self.send_header("Content-Type", content_type)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
 
         def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
+            path, _, query = self.path.partition("?")
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path == "/healthz":
@@ -81,8 +98,13 @@ def serve_http(
                 ok, problems = health.ready()
                 body = {"ready": ok, "problems": problems, "model_version": health.model_version}
                 self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-            elif path in routes:
-                routes[path](self)
+            elif path in pages:
+                try:
+                    response = pages[path](query)
+                except Exception as exc:  # a page must never take the HTTP thread (and the probes) down
+                    log.exception("%s failed", path)
+                    response = Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
+                self._send(response.status, response.body, response.content_type, response.headers)
             else:
                 self._send(404, b"not found\n", "text/plain")
 

@@ -10,6 +10,7 @@ in step. Activities are stored as codes; names come from the serving model's voc
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -40,6 +41,12 @@ class Snapshot:
 
     def __len__(self) -> int:
         return len(self.customer_ids)
+
+    def last(self, k: int) -> Snapshot:
+        """The same customers with only their newest `k` activities."""
+        if k > self.last_codes.shape[1]:
+            raise ValueError(f"the snapshot holds the last {self.last_codes.shape[1]} activities, not {k}")
+        return dataclasses.replace(self, last_codes=self.last_codes[:, self.last_codes.shape[1] - k :])
 
 
 def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
@@ -86,11 +93,11 @@ def _pages(client: redis.Redis, pattern: str) -> list[list[bytes]]:
     return [*pages, page] if page else pages
 
 
-def parse_last(text: str) -> list[str]:
-    """'A,B,*,C' -> ['A', 'B', '*', 'C']: the newest activity is the last one."""
+def parse_last(text: str, field: str = "--last") -> list[str]:
+    """'A,B,*,C' -> ['A', 'B', '*', 'C']: the newest activity is the last one; a ValueError names `field`."""
     items = [item.strip() for item in text.split(",")] if text.strip() else []
     if any(not item for item in items):
-        raise ValueError(f"--last: empty activity in '{text}' (use * for any)")
+        raise ValueError(f"{field}: empty activity in '{text}' (use * for any)")
     return items
 
 
