@@ -21,6 +21,7 @@ from state.encoding import DAY
 
 SILENCE_MARKS_DAYS = (7, 14, 30, 60, 90, 120, 180)
 NO_NEXT = np.iinfo(np.int64).max
+MAX_MARK_WEIGHT = 4.0
 
 
 def next_event_ts(ts: NDArray[np.int64], seq_start: NDArray[np.bool_]) -> NDArray[np.int64]:
@@ -63,6 +64,54 @@ def sample_score_times(
     at_event = (rng.random(n) < at_event_share) | (limit <= 0)
     offset = np.where(offset < limit, offset, rng.uniform(0, 1, n) * np.maximum(limit, 0))
     return np.where(at_event, ts, ts + offset.astype(np.int64))
+
+
+@dataclass
+class SilencePoints:
+    """Scoring points in the silence after an event, as serving scores them: at a mark."""
+
+    ends: NDArray[np.int64]  # the event the silence follows (index into the history)
+    score_ts: NDArray[np.int64]
+    label: NDArray[np.float32]
+    weight: NDArray[np.float32]  # marks with fewer points than `per_mark` weigh more, up to MAX_MARK_WEIGHT
+
+
+def silence_points(
+    ts: NDArray[np.int64],
+    next_ts: NDArray[np.int64],
+    data_end: int,
+    horizon_days: float,
+    rng: np.random.Generator,
+    per_mark: int,
+) -> SilencePoints:
+    """A point at every silence mark each event's silence reached with a known label, at most
+    `per_mark` per mark (a uniform draw among them).
+
+    Serving scores a quiet customer at each mark, so the churn head must learn how risk
+    grows with the silence; points inside gaps alone are mostly short ones (few gaps are
+    long) and the silence after a customer's last event is one point among many. Capping
+    each mark keeps the frequent short marks from outnumbering the rare long ones; drawing
+    within a mark leaves the risk given the elapsed time unbiased, and so does weighting the
+    rarer long marks up: a weight that depends on the elapsed time alone shifts the model's
+    effort towards long silences, not its estimate of the risk at a given silence.
+    """
+    ends, scores, labels, weights = [], [], [], []
+    for mark in SILENCE_MARKS_DAYS:
+        score = ts + int(mark * DAY)
+        label, known = churn_labels(score, next_ts, data_end, horizon_days)
+        eligible = np.flatnonzero(known & (score < np.minimum(next_ts, data_end)))
+        if len(eligible) > per_mark:
+            eligible = np.sort(rng.choice(eligible, per_mark, replace=False))
+        ends.append(eligible)
+        scores.append(score[eligible])
+        labels.append(label[eligible])
+        weights.append(np.full(len(eligible), min(per_mark / max(len(eligible), 1), MAX_MARK_WEIGHT)))
+    return SilencePoints(
+        np.concatenate(ends).astype(np.int64),
+        np.concatenate(scores).astype(np.int64),
+        np.concatenate(labels).astype(np.float32),
+        np.concatenate(weights).astype(np.float32),
+    )
 
 
 def time_split(ts: NDArray[np.int64], fractions: tuple[float, float, float]) -> tuple[int, int]:

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -32,13 +32,24 @@ from training.evaluate import (
     prefix_set,
 )
 from training.history import History, load_history
-from training.labels import churn_labels, customer_fold, next_event_ts, sample_score_times, time_split, training_chunks
+from training.labels import (
+    SilencePoints,
+    churn_labels,
+    customer_fold,
+    next_event_ts,
+    sample_score_times,
+    silence_points,
+    time_split,
+    training_chunks,
+)
 from training.metrics import best_f1_threshold
 from training.model import ModelConfig, build_models
 from training.registry import MANIFEST_FILE, MODEL_FILE, Registry, load_model, resolve_model_dir
 
 MAX_VOCABULARY = 1000
 RECOVERY_RATIO = 0.8  # recovery threshold = alert threshold x this (hysteresis)
+# silence windows per mark: at most the chunk windows / this (see labels.silence_points)
+SILENCE_WINDOWS_PER_MARK_DIVISOR = 4
 
 
 @dataclass
@@ -112,41 +123,60 @@ def training_arrays(
     horizon_days: float,
     rng: np.random.Generator,
 ) -> tuple[dict[str, Any], ...]:
-    """(inputs, targets, sample weights) of chunked windows; each event is a target once.
+    """(inputs, targets, sample weights): chunked windows, where each event is a target once,
+    then windows scored in the silence after an event (churn loss at their last step only).
 
     Each head learns from the events its Period selects, with labels from the events before
     its `label_end`; earlier history still serves as context.
     """
     window = spec.window
     chunks = training_chunks(history.customer_start, window)
-    tokens_all = spec.tokens(history.codes(spec.level))
-    codes_all = history.codes(spec.level)
     nxt = next_event_ts(history.ts, history.seq_start)
     score = sample_score_times(history.ts, nxt, churn_period.label_end, rng)
-    next_class = np.where(nxt < next_period.label_end, class_of_tokens(np.append(tokens_all[1:], 0)), -1)
+    following = class_of_tokens(np.append(spec.tokens(history.codes(spec.level))[1:], 0))
+    next_class = np.where(nxt < next_period.label_end, following, -1)
     churn, known = churn_labels(score, nxt, churn_period.label_end, horizon_days)
 
-    starts = history.customer_start[chunks.ends]
-    idx, real = window_index(chunks.ends, starts, window)
+    idx, real = window_index(chunks.ends, history.customer_start[chunks.ends], window)
     loss = real & (np.arange(window)[None, :] >= chunks.first_loss[:, None])
-    ts = np.where(real, history.ts[idx], 0)
-    codes = np.where(real, codes_all[idx], 0).astype(np.uint32)
-    count = chunks.ends - starts + 1
-    inputs = {
-        "tokens": np.where(real, tokens_all[idx], 0).astype(np.int32),
-        "steps": step_features(ts, codes, count, history.ts[starts], spec),
-        "context": context_features(
-            np.where(real, score[idx] - history.ts[idx], 0), history.gender[idx], history.age_group[idx], spec
-        ),
-    }
     w_next = loss & (next_class[idx] >= 0) & next_period.mask(history.ts[idx])
     w_churn = loss & known[idx] & churn_period.mask(history.ts[idx])
+    chunked = _window_arrays(history, spec, chunks.ends, np.where(real, score[idx] - history.ts[idx], 0))
+    targets = {"next": np.where(w_next, next_class[idx], 0), "churn": np.where(w_churn, churn[idx], 0)}
+    weights = {"next": w_next, "churn": w_churn}
+
+    per_mark = max(len(chunks.ends) // SILENCE_WINDOWS_PER_MARK_DIVISOR, 1)
+    quiet = silence_points(history.ts, nxt, churn_period.label_end, horizon_days, rng, per_mark)
+    quiet = SilencePoints(*(part[churn_period.mask(history.ts[quiet.ends])] for part in astuple(quiet)))
+    at_last = np.arange(window)[None, :] == window - 1
+    elapsed = np.where(at_last, (quiet.score_ts - history.ts[quiet.ends])[:, None], 0)
+    silent = _window_arrays(history, spec, quiet.ends, elapsed)
+    inputs = {k: np.concatenate([chunked[k], silent[k]]) for k in chunked}
+    n_quiet = len(quiet.ends)
     targets = {
-        "next": np.where(w_next, next_class[idx], 0).astype(np.int32),
-        "churn": np.where(w_churn, churn[idx], 0).astype(np.float32)[..., None],
+        "next": np.concatenate([targets["next"], np.zeros((n_quiet, window))]).astype(np.int32),
+        "churn": np.concatenate([targets["churn"], at_last * quiet.label[:, None]]).astype(np.float32)[..., None],
     }
-    weights = {"next": w_next.astype(np.float32), "churn": w_churn.astype(np.float32)}
+    weights = {
+        "next": np.concatenate([weights["next"], np.zeros((n_quiet, window), dtype=bool)]).astype(np.float32),
+        "churn": np.concatenate([weights["churn"], at_last * quiet.weight[:, None]]).astype(np.float32),
+    }
     return inputs, targets, weights
+
+
+def _window_arrays(
+    history: History, spec: FeatureSpec, ends: NDArray[np.int64], elapsed: NDArray[np.int64]
+) -> dict[str, NDArray[Any]]:
+    """Model inputs of the windows ending at `ends`, with the elapsed time at each step."""
+    starts = history.customer_start[ends]
+    idx, real = window_index(ends, starts, spec.window)
+    ts = np.where(real, history.ts[idx], 0)
+    codes = np.where(real, history.codes(spec.level)[idx], 0).astype(np.uint32)
+    return {
+        "tokens": np.where(real, spec.tokens(history.codes(spec.level))[idx], 0).astype(np.int32),
+        "steps": step_features(ts, codes, ends - starts + 1, history.ts[starts], spec),
+        "context": context_features(np.where(real, elapsed, 0), history.gender[idx], history.age_group[idx], spec),
+    }
 
 
 def _fit(

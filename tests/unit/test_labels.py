@@ -3,7 +3,17 @@ from __future__ import annotations
 import numpy as np
 
 from state.encoding import DAY
-from training.labels import NO_NEXT, churn_labels, next_event_ts, sample_score_times, time_split, training_chunks
+from training.labels import (
+    MAX_MARK_WEIGHT,
+    NO_NEXT,
+    SILENCE_MARKS_DAYS,
+    churn_labels,
+    next_event_ts,
+    sample_score_times,
+    silence_points,
+    time_split,
+    training_chunks,
+)
 
 D = int(DAY)
 
@@ -60,3 +70,25 @@ def test_every_event_is_a_training_target_once() -> None:
 def test_time_split_orders_the_cuts() -> None:
     t1, t2 = time_split(np.arange(1000), (0.7, 0.15, 0.15))
     assert 690 <= t1 <= 710 and 840 <= t2 <= 860
+
+
+def test_silence_points_sit_at_each_mark_the_silence_reached_with_a_known_label() -> None:
+    # one customer: events at day 0 and day 40, then nothing; the data ends at day 400
+    ts = np.array([0, 40 * DAY], dtype=np.int64)
+    nxt = np.array([40 * DAY, NO_NEXT], dtype=np.int64)
+    points = silence_points(ts, nxt, 400 * DAY, 120.0, np.random.default_rng(0), per_mark=10)
+    elapsed_days = sorted(((points.score_ts - ts[points.ends]) // DAY).tolist())
+    # after day 0: marks 7, 14, 30 fit before the return at day 40 (labels 0); after day 40:
+    # marks up to 240 days fit with the horizon seen (labels 1), the 180-day mark included
+    assert elapsed_days == sorted([7, 14, 30, *SILENCE_MARKS_DAYS])
+    assert points.label[points.ends == 0].tolist() == [0.0, 0.0, 0.0]
+    assert set(points.label[points.ends == 1].tolist()) == {1.0}
+    assert set(points.weight.tolist()) == {MAX_MARK_WEIGHT}, "one point per mark of 10 allowed: the cap"
+
+
+def test_silence_points_per_mark_are_capped_by_a_draw() -> None:
+    ts = np.arange(100, dtype=np.int64) * 1000 * DAY  # 100 customers' last events, far apart
+    nxt = np.full(100, NO_NEXT, dtype=np.int64)
+    points = silence_points(ts, nxt, 200_000 * DAY, 120.0, np.random.default_rng(1), per_mark=20)
+    per_mark = np.bincount(((points.score_ts - ts[points.ends]) // DAY).astype(np.int64))
+    assert set(per_mark[per_mark > 0].tolist()) == {20} and set(points.weight.tolist()) == {1.0}
