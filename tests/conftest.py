@@ -84,18 +84,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A registry with one small promoted model (window 12), trained once per session."""
+def _trained_registry(root: Path, customers: int, epochs: int, units: int) -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from training.history import history_table, write_table
     from training.model import ModelConfig
     from training.simulate import simulate
     from training.train import TrainOptions, run
 
-    root = tmp_path_factory.mktemp("registry")
     events = root / "history.parquet"
-    write_table(history_table(simulate(500, seed=77)), events)
-    run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=2, seed=1,
-                     model=ModelConfig(units=16, dense_units=16)))
+    write_table(history_table(simulate(customers, seed=77)), events)
+    run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=epochs, seed=1,
+                     model=ModelConfig(units=units, dense_units=units)))
     return root / "models"
+
+
+@pytest.fixture(scope="session")
+def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A registry with one small promoted model (window 12), trained once per session."""
+    return _trained_registry(tmp_path_factory.mktemp("registry"), 500, 2, 16)
+
+
+@pytest.fixture(scope="session")
+def silence_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small model trained long enough (about 25 s) that its churn risk grows with silence."""
+    return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32)

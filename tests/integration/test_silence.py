@@ -82,12 +82,12 @@ def test_marks_default_to_the_training_marks_within_the_horizon() -> None:
 
 @pytest.mark.slow
 def test_silent_customers_are_scored_at_each_mark_live_and_by_a_sweep(
-    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
+    test_env: dict[str, str], silence_registry: Path, tmp_path: Path
 ) -> None:
     history = simulate(150, seed=41)
     settings = load_settings()
     names = history.customer_ids
-    with running(test_env, tiny_registry, tmp_path / "serve.log") as scorer:
+    with running(test_env, silence_registry, tmp_path / "serve.log") as scorer:
         scorer.wait_ready()
         stream(history, settings.topics.events, settings.kafka_config(), StreamPlan(), progress=False)
         read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
@@ -99,6 +99,7 @@ def test_silent_customers_are_scored_at_each_mark_live_and_by_a_sweep(
     done = subprocess.run(sweep, env=scorer.env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("swept to") and " silent customers scored" in done.stdout
+    swept = done.stdout.strip()
 
     # every customer's last scoring was its last mark: 120 days after its last event
     snapshot = segments.scan(redis.Redis.from_url(settings.redis_url), settings.state.key_prefix, 4)
@@ -133,7 +134,33 @@ def test_silent_customers_are_scored_at_each_mark_live_and_by_a_sweep(
         assert not ((times > last) & (times <= as_of)).any() and alert["event_id"] is None
         assert (alert["churn_risk"] >= alert["threshold"]) == (alert["kind"] == "alert")
     assert len({a["prediction_id"] for a in alerts}) == len(alerts), "each mark fires once"
-    print(f"\n{len(silent)} silence alerts of {len(alerts)}; {done.stdout.strip()}")
+
+    # what silence scoring adds for customers who really left (the generator's truth): those
+    # not in alert after their last event, whom event-only scoring never scores again, alerted
+    # during their final silence, before the inactivity rule (no event for the horizon) would
+    def ts_of(alert: dict[str, object]) -> int:
+        return int(np.datetime64(str(alert["as_of"]).rstrip("Z"), "s").astype(np.int64))
+
+    churners = [names[i] for i in np.flatnonzero(history.churned) if names[i] in last_event]
+    in_alert_at_last_event, caught_days = 0, []
+    for customer in churners:
+        last = last_event[customer]
+        mine = [a for a in alerts if a["customer_id"] == customer]
+        before = [a for a in mine if ts_of(a) <= last]
+        if before and before[-1]["kind"] == "alert":
+            in_alert_at_last_event += 1
+            continue
+        after = [a for a in mine if ts_of(a) > last and a["kind"] == "alert"]
+        if after:
+            caught_days.append(round((ts_of(after[0]) - last) / DAY))
+    assert caught_days, "silence scoring should alert churners that event scoring left unalerted"
+    earlier = HORIZON_DAYS - np.array(caught_days)
+    assert (earlier > 0).all(), caught_days
+    print(f"\n{len(silent)} silence alerts of {len(alerts)}; {swept}; of {len(churners)} churners, "
+          f"{in_alert_at_last_event} were in alert after their last event (event scoring), silence scoring "
+          f"alerted {len(caught_days)} of the other {len(churners) - in_alert_at_last_event}, a median "
+          f"{np.median(earlier):.0f} days (min {earlier.min()}, max {earlier.max()}) before the "
+          f"{HORIZON_DAYS}-day inactivity rule")
 
     again = subprocess.run(sweep, env=scorer.env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "0 silent customers scored" in again.stdout, "a repeated sweep scores nothing"
