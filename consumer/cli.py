@@ -316,7 +316,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
     settings = load_settings()
     url = args.metrics_url or f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
     try:
-        watch(url, settings.kafka_bootstrap, settings.topics.next_actions, settings.topics.churn_alerts, args.seconds)
+        watch(url, settings.kafka_config(), settings.topics.next_actions, settings.topics.churn_alerts, args.seconds)
     except OSError as exc:
         raise ConfigError(f"cannot read the scorer's metrics at {url}: {exc}") from None
     return 0
@@ -621,10 +621,46 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.registry = load_settings().registry
         return func(args)
     except SeqscoreError as exc:
-        print(f"seqscore {args.command}: {exc}", file=sys.stderr)
+        print(f"seqscore {args.command}: {_redacted(str(exc))}", file=sys.stderr)
         return EXIT_USAGE if isinstance(exc, ConfigError) else 1
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        message = _service_error(exc)
+        if message is None:
+            raise
+        print(f"seqscore {args.command}: {_redacted(message)}", file=sys.stderr)
+        return 1
+
+
+def _redacted(text: str) -> str:
+    """An error message with every secret of the settings (and any URL password) masked."""
+    from consumer.settings import load_settings, mask_url
+
+    try:
+        return load_settings().redact(text)
+    except SeqscoreError:
+        return mask_url(text)
+
+
+def _service_error(exc: Exception) -> str | None:
+    """One line for a Redis or Kafka client error that reached the top (wrong credentials,
+    TLS, unreachable); None for anything else, which is a bug and keeps its traceback."""
+    redis = sys.modules.get("redis")
+    if redis is not None and isinstance(exc, redis.RedisError):
+        from consumer.settings import load_settings, mask_url
+
+        try:
+            url = mask_url(load_settings().redis_url)
+        except SeqscoreError:
+            url = "SEQSCORE_REDIS_URL"
+        if isinstance(exc, redis.AuthenticationError | redis.exceptions.NoPermissionError):
+            return f"Redis at {url} refused the credentials: {exc} (check the user and password in SEQSCORE_REDIS_URL)"
+        return f"Redis at {url}: {type(exc).__name__}: {exc}"
+    kafka = sys.modules.get("confluent_kafka")
+    if kafka is not None and isinstance(exc, kafka.KafkaException):
+        return f"Kafka: {exc}"
+    return None
 
 
 if __name__ == "__main__":

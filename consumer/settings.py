@@ -11,6 +11,7 @@ import os
 import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -25,7 +26,25 @@ from state.errors import ConfigError
 from state.events import DEFAULT_MAX_EVENT_BYTES
 
 CONFIG_FILE_ENV = "SEQSCORE_CONFIG"
-_SECRET_WORDS = ("password", "secret", "token", "key", "jaas")
+# A librdkafka option whose name holds one of these is a secret: sasl.password,
+# ssl.key.password, ssl.keystore.password, ssl.key.pem, sasl.oauthbearer.client.secret, ...
+_SECRET_WORDS = ("password", "secret", "token", "key", "jaas", "credential")
+MASK = "***"
+# user:password@ in any URL (redis://, rediss://, ...), and secret-named query parameters
+# (redis-py passes ?password=, ?ssl_password= on to the connection)
+_URL_PASSWORD = re.compile(r"(?i)(\b[a-z][a-z0-9+.-]*://[^:/@\s]*:)[^@\s]*@")
+_QUERY_SECRET = re.compile(r"(?i)([?&][a-z_]*(?:password|secret|token)=)[^&#\s]*")
+_MIN_REDACTED_CHARS = 4  # shorter "secrets" would blank out ordinary words in messages
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a setting or librdkafka option of this name holds a secret."""
+    return any(word in name.lower() for word in _SECRET_WORDS)
+
+
+def mask_url(text: str) -> str:
+    """`text` with every URL password and secret query parameter replaced by '***'."""
+    return _QUERY_SECRET.sub(rf"\1{MASK}", _URL_PASSWORD.sub(rf"\1{MASK}@", text))
 
 
 class TopicSettings(BaseModel):
@@ -164,11 +183,31 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The settings as plain data with every secret replaced by '***'."""
         data = self.model_dump(mode="json")
-        data["redis_url"] = re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", data["redis_url"])
-        data["kafka"] = {
-            k: ("***" if any(word in k for word in _SECRET_WORDS) else v) for k, v in data["kafka"].items()
-        }
+        data["redis_url"] = mask_url(data["redis_url"])
+        data["kafka"] = {k: (MASK if is_secret_name(k) else v) for k, v in data["kafka"].items()}
         return data
+
+    def secret_values(self) -> list[str]:
+        """Every secret these settings hold (librdkafka secrets, the Redis URL's password and
+        secret query parameters), raw and URL-decoded, for scrubbing messages."""
+        found = [v for k, v in self.kafka.items() if is_secret_name(k)]
+        found += [m.group(0)[len(m.group(1)) : -1] for m in _URL_PASSWORD.finditer(self.redis_url)]
+        found += [m.group(0)[len(m.group(1)) :] for m in _QUERY_SECRET.finditer(self.redis_url)]
+        found += [unquote(v) for v in found]
+        return sorted({v for v in found if len(v) >= _MIN_REDACTED_CHARS}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        """`text` (an error, a log line) with URL passwords and every secret of these settings masked."""
+        text = mask_url(text)
+        for value in self.secret_values():
+            text = text.replace(value, MASK)
+        return text
+
+    def __repr_args__(self) -> Any:
+        # repr() (logs, tracebacks, pytest's assertion output) never shows a secret
+        masked = self.masked()
+        for name, value in super().__repr_args__():
+            yield name, (masked[name] if name in ("redis_url", "kafka") else value)
 
 
 def _setting_name(loc: tuple[Any, ...]) -> str:
@@ -188,8 +227,14 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
+        name = _setting_name(first["loc"])
         shown = first.get("input")
-        got = "" if isinstance(shown, dict) else f" (got {shown!r})"
-        raise ConfigError(f"invalid setting {_setting_name(first['loc'])}: {first['msg']}{got}") from exc
+        if isinstance(shown, dict):
+            got = ""
+        elif is_secret_name(name):
+            got = f" (got {MASK})"
+        else:
+            got = f" (got {mask_url(repr(shown))})"
+        raise ConfigError(f"invalid setting {name}: {first['msg']}{got}") from None
     except ValueError as exc:  # a config file that does not parse
         raise ConfigError(f"{CONFIG_FILE_ENV}={path}: {exc}") from exc
