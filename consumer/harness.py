@@ -13,6 +13,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, Message
 
@@ -98,9 +99,11 @@ def running(env: dict[str, str], registry: Path, log_path: Path) -> Iterator[Sco
             scorer.process.wait(10)
 
 
-def read_topic(bootstrap: str, topic: str, until: int, timeout: float = 90.0) -> list[Message]:
-    """Every record of `topic` from the start, once at least `until` have arrived."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"reader-{topic}-{time.time()}",
+def read_topic(kafka: str | dict[str, Any], topic: str, until: int, timeout: float = 90.0) -> list[Message]:
+    """Every record of `topic` from the start, once at least `until` have arrived. `kafka` is a
+    bootstrap address or a client configuration (`Settings.kafka_config()`, with its security)."""
+    config = {"bootstrap.servers": kafka} if isinstance(kafka, str) else dict(kafka)
+    consumer = Consumer({**config, "group.id": f"reader-{topic}-{time.time()}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     consumer.subscribe([topic])
     got: list[Message] = []

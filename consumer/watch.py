@@ -13,7 +13,7 @@ import time
 import urllib.request
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Any, TextIO
 
 import orjson
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
@@ -109,10 +109,8 @@ def summary_line(a: Scrape, b: Scrape) -> str:
 class OutputTail:
     """Reads what appears on the output topics from now on (no group, no commits)."""
 
-    def __init__(self, bootstrap: str, topics: list[str]) -> None:
-        self.consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": "seqscore-watch", "enable.auto.commit": False}
-        )
+    def __init__(self, kafka_config: dict[str, Any], topics: list[str]) -> None:
+        self.consumer = Consumer({**kafka_config, "group.id": "seqscore-watch", "enable.auto.commit": False})
         assignment = []
         for topic in topics:
             metadata = self.consumer.list_topics(topic, timeout=10).topics[topic]
@@ -145,7 +143,7 @@ def describe(topic: str, value: dict[str, object], alerts_topic: str) -> str:
 
 def watch(
     metrics_url: str,
-    bootstrap: str,
+    kafka_config: dict[str, Any],
     next_topic: str,
     alerts_topic: str,
     seconds: float,
@@ -153,7 +151,7 @@ def watch(
     samples_per_line: int = 2,
 ) -> Scrape:
     """Print the view every second for `seconds`; returns the last scrape."""
-    tail = OutputTail(bootstrap, [next_topic, alerts_topic])
+    tail = OutputTail(kafka_config, [next_topic, alerts_topic])
     first = last = scrape(metrics_url)
     deadline = time.monotonic() + seconds
     try:
