@@ -19,12 +19,15 @@ from confluent_kafka import Consumer, KafkaException, Message
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.source import decode_profile, next_offsets, poll_batch
+from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS
 from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
 
-def apply_profiles(store: StateStore, metrics: Metrics, messages: list[Message]) -> None:
+def apply_profiles(
+    store: StateStore, metrics: Metrics, messages: list[Message], max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> None:
     """Apply a batch of profile records (upserts in one call; tombstones erase)."""
     ids, genders, ages = [], [], []
     for msg in messages:
@@ -32,10 +35,14 @@ def apply_profiles(store: StateStore, metrics: Metrics, messages: list[Message])
         if value is None:  # a tombstone: the customer asked to be forgotten
             key = msg.key()
             if key:
-                store.erase(key.decode("utf-8", "replace"))
+                customer = key.decode("utf-8", "replace")
+                if len(customer) > MAX_ID_CHARS:  # no customer has such an id
+                    metrics.profiles.labels("invalid").inc()
+                    continue
+                store.erase(customer)
                 metrics.profiles.labels("erased").inc()
             continue
-        parsed = decode_profile(value)
+        parsed = decode_profile(value, max_bytes)
         if parsed is None:
             metrics.profiles.labels("invalid").inc()
             continue
@@ -93,7 +100,7 @@ class ProfileFollower:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                apply_profiles(self.store, self.metrics, messages)
+                apply_profiles(self.store, self.metrics, messages, self.settings.max_event_bytes)
             except redis.RedisError as exc:
                 self.metrics.redis_errors.inc()
                 log.warning("profiles: Redis unavailable, retrying in %.1fs: %s", delay, exc)

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from state.encoding import AGE_GROUPS, GENDERS, activity_code
 from state.errors import InvalidEvent
-from state.events import decode_event
+from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS, decode_event
 from state.store import EventBatch, event_tag
 
 # A short consume timeout: consume(n, t) blocks until n records or t, so a long t stalls
@@ -103,14 +103,18 @@ class EventDecoder:
         return Decoded(batch, event_ids, np.array(kafka_ts, dtype=np.int64), invalid, errors)
 
 
-def decode_profile(value: bytes) -> tuple[str, int, int] | None:
-    """A customer-profiles record: {"customer_id", "gender", "age_group"} -> indexes (-1 unknown)."""
+def decode_profile(value: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> tuple[str, int, int] | None:
+    """A customer-profiles record: {"customer_id", "gender", "age_group"} -> indexes (-1 unknown).
+    None (counted as invalid) for anything else, a record over `max_bytes` or an id over
+    MAX_ID_CHARS included: the events' limits hold for profiles too."""
+    if len(value) > max_bytes:
+        return None
     try:
         data = orjson.loads(value)
         customer = data["customer_id"]
     except (orjson.JSONDecodeError, KeyError, TypeError):
         return None
-    if not isinstance(customer, str) or not customer:
+    if not isinstance(customer, str) or not customer or len(customer) > MAX_ID_CHARS:
         return None
     gender = GENDERS.index(data["gender"]) if data.get("gender") in GENDERS else -1
     age = AGE_GROUPS.index(data["age_group"]) if data.get("age_group") in AGE_GROUPS else -1
