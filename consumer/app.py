@@ -286,6 +286,7 @@ class Scorer:
         if assignment:
             self.consumer.pause(assignment)
         self.consumer.poll(0)
+        self._update_lag()  # a wait is when ops most need to see the lag grow
 
     def _resume(self) -> None:
         assert self.consumer is not None

@@ -1,0 +1,112 @@
+"""Backpressure: Redis stalling (CLIENT PAUSE, longer than the scorer's socket timeout) and
+the broker throttling the scorer's produce requests (a client quota) while a stream flows.
+The scorer must stop consuming rather than buffer, keep its memory flat, and end exactly
+like a clean run of the same stream."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import redis
+
+from consumer.harness import ScorerProcess, wait_for
+from consumer.settings import Settings
+from tests.conftest import REPO
+from tests.faults.runs import faulted_equals_clean
+from training.simulate import simulate
+
+pytestmark = pytest.mark.slow
+SCORER_CLIENT_ID = "seqscore-throttled"
+
+
+def rss_mb(scorer: ScorerProcess) -> float:
+    assert scorer.process is not None
+    for line in Path(f"/proc/{scorer.process.pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def client_quota(settings: Settings, add: str | None) -> None:
+    """Set (or with None delete) the broker's produce quota for the scorer's client id."""
+    change = ["--add-config", add] if add else ["--delete-config", "producer_byte_rate"]
+    command = ["java", "-cp", str(REPO / "deploy" / ".cache" / "kafka" / "lib" / "*"), "kafka.admin.ConfigCommand",
+               "--bootstrap-server", settings.kafka_bootstrap, "--alter", "--entity-type", "clients",
+               "--entity-name", SCORER_CLIENT_ID, *change]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_a_stalling_redis_pauses_the_scorer_and_loses_nothing(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(200, seed=43)
+
+    def stalls(scorer: ScorerProcess, settings: Settings) -> ScorerProcess:
+        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        admin = redis.Redis.from_url(settings.redis_url)
+        baseline = rss_mb(scorer)
+        paused_seen, rss = [], []
+        for _ in range(3):  # each stall outlasts the scorer's 5 s socket timeout
+            admin.execute_command("CLIENT", "PAUSE", 7000, "ALL")
+            started = time.monotonic()
+            while time.monotonic() - started < 7.0:
+                paused_seen.append(scorer.metric("seqscore_paused", 'reason="redis"'))
+                rss.append(rss_mb(scorer))
+                time.sleep(0.25)
+            time.sleep(1.0)
+        print(f"\nRedis stalled 3 x 7 s: paused seen, RSS {baseline:.0f} -> {max(rss):.0f} MB")
+        assert max(paused_seen) == 1, "a stalled Redis shows as a pause (metric and readiness)"
+        assert max(rss) - baseline < 150, f"memory grew while Redis stalled: {baseline:.0f} -> {max(rss):.0f} MB"
+        wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 0, timeout=30, what="resumed")
+        return scorer
+
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, stalls)
+
+
+def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothing(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(600, seed=44)  # long enough that records wait while the output is throttled
+
+    def throttle(scorer: ScorerProcess, settings: Settings) -> ScorerProcess:
+        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        # the same scorer under a client id the broker throttles to 4 KB/s (a few outputs a second)
+        assert scorer.stop() == 0
+        client_quota(settings, "producer_byte_rate=4096")
+        try:
+            env = scorer.env | {"SEQSCORE_KAFKA__CLIENT_ID": SCORER_CLIENT_ID}
+            scorer = ScorerProcess(env, Path(env["SEQSCORE_REGISTRY"]), tmp_path / "faulted" / "throttled.log").start()
+            scorer.wait_ready()
+            wait_for(lambda: scorer.metric("seqscore_events_total") > 0, timeout=60, what="consuming again")
+            baseline, consumed_at_start = rss_mb(scorer), scorer.metric("seqscore_events_total")
+            rss, stop = [baseline], threading.Event()
+
+            def sample() -> None:
+                while not stop.wait(0.25):
+                    rss.append(rss_mb(scorer))
+
+            sampler = threading.Thread(target=sample)
+            sampler.start()
+            time.sleep(10)
+            stop.set()
+            sampler.join()
+            consumed = scorer.metric("seqscore_events_total") - consumed_at_start
+            waiting = scorer.metric("seqscore_consumer_lag_messages")
+            max_batch = int(env.get("SEQSCORE_BATCH__MAX_BATCH", "1024"))
+            print(f"\nthrottled 10 s: consumed {consumed:.0f}, {waiting:.0f} waiting, RSS {baseline:.0f} -> "
+                  f"{max(rss):.0f} MB")
+            # the loop waits for each batch's acknowledgements before it takes the next but one
+            assert consumed <= 3 * max_batch, f"consumed {consumed} records while the output was throttled"
+            assert waiting > max_batch, "records were there to consume: the scorer held back, it did not run dry"
+            assert max(rss) - baseline < 150, f"memory grew while throttled: {baseline:.0f} -> {max(rss):.0f} MB"
+            assert scorer.get("/healthz")[0] == 200, "a throttled scorer is slow, not dead"
+        finally:
+            client_quota(settings, None)
+        return scorer
+
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, throttle)
