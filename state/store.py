@@ -196,8 +196,11 @@ class StateStore:
         lateness_seconds: int,
         ttl_seconds: int,
         silence_marks: tuple[int, ...] = (),
+        keeps_undo: bool = False,
     ) -> None:
-        """`silence_marks`: seconds of silence at which a customer is scored again (empty: off)."""
+        """`silence_marks`: seconds of silence at which a customer is scored again (empty: off).
+        `keeps_undo`: every write keeps what it replaced, per partition, so that `rollback` can
+        undo a write whose Kafka transaction never committed (exactly-once serving)."""
         self.client = client
         self.silence_marks = tuple(sorted(silence_marks))
         self._marks = np.array(self.silence_marks, dtype="<u4").tobytes()
@@ -205,8 +208,10 @@ class StateStore:
         self.capacity = capacity
         self.lateness = lateness_seconds
         self.ttl = ttl_seconds
-        source = resources.files("state").joinpath("scripts/apply_batch.lua").read_text()
-        self._apply = client.register_script(source)
+        self.keeps_undo = keeps_undo
+        scripts = resources.files("state").joinpath("scripts")
+        self._apply = client.register_script(scripts.joinpath("apply_batch.lua").read_text())
+        self._rollback = client.register_script(scripts.joinpath("rollback.lua").read_text())
 
     def window_key(self, customer_id: str) -> str:
         return f"{self.prefix}:{{c:{customer_id}}}:w"
@@ -279,7 +284,8 @@ class StateStore:
         packed["fine"] = batch.fine
         packed["tag"] = batch.tag
         head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
-        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks)]
+        undo = "1" if self.keeps_undo else ""
+        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo]
         return customers, customer_index, keys, args
 
     @staticmethod
@@ -336,6 +342,12 @@ class StateStore:
             partition = int(np.frombuffer(raw[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["partition"][0])
             pipe.zrem(self.quiet_key(partition), customer_id)
         return int(pipe.execute()[0])
+
+    def rollback(self, partition: int, committed_offset: int) -> int:
+        """Undo the partition's last write if its transaction never committed (the group's
+        committed offset is below that write's end); returns the windows restored, -1 if the
+        write stands. Either way its undo record is dropped."""
+        return int(self._rollback(args=[self.prefix, partition, committed_offset, self.ttl]))
 
     def quiet_key(self, partition: int) -> str:
         return f"{self.prefix}:quiet:{partition}"

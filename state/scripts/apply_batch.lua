@@ -9,7 +9,8 @@
 --       '<IIIIIfI' (customer index, flags, alert ts, next-action ts, predicted activity code,
 --       churn risk, prediction ts), 9 key prefix, 10 silence marks: packed '<I' seconds,
 --       ascending (empty: silence is not tracked), 11 clocks: packed '<II' (partition, event
---       time the partition's clock moves to, at least).
+--       time the partition's clock moves to, at least), 12 undo: '1' keeps, with a 'w' write,
+--       an undo record per partition it touches (exactly-once serving; see below), else ''.
 --       Packed, the batch is a few arguments instead of 7n (no per-field parsing in the
 --       client or the server). Updates are applied in 'w' mode only, in the same atomic call
 --       as the events, so a client killed mid-send never leaves a window without its alert
@@ -29,6 +30,12 @@
 -- Due customers come back with their windows (as extra customers after the batch's own);
 -- the caller decides, from the batch's order, whether they were still silent at the mark.
 --
+-- Undo (exactly-once): {prefix}:undo:{partition} is a hash of what the last write touching the
+-- partition replaced: 'end' (the write's highest offset + 1 there, -1 with no event), 'c' the
+-- clock, 'w:'..window key the old value, 'z:'..customer the old sorted-set score ('' = absent).
+-- A member given the partition rolls it back (rollback.lua) when its committed offset is below
+-- 'end': the transaction holding that write's outputs and offsets never committed.
+--
 -- Per event: 0 applied, 1 replay (offset already applied: nothing changes), 2 duplicate
 -- event_id (ignored), 3 late but inserted in event-time order, 4 too late (beyond the
 -- lateness bound: not stored). Position: the event's record index (1-based) in the returned
@@ -47,6 +54,7 @@ local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
 local n_updates = tonumber(ARGV[6])
 local EVENTS, UPDATES, PREFIX, MARKS, CLOCKS = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
+local keeps_undo = ARGV[12] == '1'
 local EV, UPD = 32, 28
 local ncust = #KEYS / 2
 local clock_key = PREFIX .. ':clock'
@@ -73,10 +81,11 @@ local function load(raw)
   return s
 end
 
-local state, index_of, keys = {}, {}, {}
+local state, index_of, keys, raw_of = {}, {}, {}, {}
 for i = 1, ncust do
   keys[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
-  state[i] = load(redis.call('GET', KEYS[2 * i - 1]))
+  raw_of[i] = redis.call('GET', KEYS[2 * i - 1])
+  state[i] = load(raw_of[i])
   index_of[KEYS[2 * i - 1]] = i
 end
 
@@ -166,7 +175,8 @@ if #marks > 0 and replies then
             ci = ncust
             index_of[key] = ci
             keys[ci] = {key, profile_key(found[j])}
-            state[ci] = load(redis.call('GET', key))
+            raw_of[ci] = redis.call('GET', key)
+            state[ci] = load(raw_of[ci])
             due_names[#due_names + 1] = found[j]
           end
           if state[ci].count > 0 then
@@ -184,6 +194,54 @@ if writes then
     local s = state[ci]
     s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
     s.dirty = true
+  end
+  -- what this write replaces, per partition, before anything is replaced
+  local undo, ends = {}, {}
+  local function undo_of(partition)
+    local u = undo[partition]
+    if not u then u = {}; undo[partition] = u end
+    return u
+  end
+  if keeps_undo then
+    for e = 1, n do
+      local _, part, off = struct.unpack('<IIdIIII', EVENTS, (e - 1) * EV + 1)
+      ends[part] = math.max(ends[part] or -1, off + 1)
+      undo_of(part)
+    end
+    for i = 1, ncust do
+      local s = state[i]
+      if s.dirty then
+        local u = undo_of(s.partition)
+        u['w:' .. keys[i][1]] = raw_of[i] or ''
+        if s.grew and #marks > 0 then
+          local customer = customer_of(keys[i][1])
+          u['z:' .. customer] = redis.call('ZSCORE', quiet_key(s.partition), customer) or ''
+        end
+      end
+    end
+    for _, clock in ipairs(clocks) do
+      local u = undo_of(clock[1])
+      u['c'] = redis.call('HGET', clock_key, clock[1]) or ''
+      if #marks > 0 then
+        local pruned = redis.call('ZRANGEBYSCORE', quiet_key(clock[1]), '-inf', '(' .. (clock[3] - marks[#marks]),
+          'WITHSCORES')
+        for j = 1, #pruned, 2 do
+          if u['z:' .. pruned[j]] == nil then u['z:' .. pruned[j]] = pruned[j + 1] end
+        end
+      end
+    end
+    for partition, u in pairs(undo) do
+      local key = PREFIX .. ':undo:' .. partition
+      redis.call('DEL', key)
+      local pairs_out = {'end', ends[partition] or -1}
+      for field, value in pairs(u) do
+        pairs_out[#pairs_out + 1] = field
+        pairs_out[#pairs_out + 1] = value
+        if #pairs_out >= 1000 then redis.call('HSET', key, unpack(pairs_out)); pairs_out = {} end
+      end
+      if #pairs_out > 0 then redis.call('HSET', key, unpack(pairs_out)) end
+      redis.call('EXPIRE', key, ttl)
+    end
   end
   for i = 1, ncust do
     local s = state[i]

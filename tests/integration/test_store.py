@@ -247,3 +247,44 @@ def test_silences_come_due_as_the_partition_clock_passes_their_marks(store: Stat
     finally:
         for key in store.client.scan_iter(f"q{unique}:*"):
             store.client.delete(key)
+
+
+def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, object]:
+    """Every key but the undo records, with its value (strings, sorted sets, hashes)."""
+    out: dict[bytes, object] = {}
+    for key in client.scan_iter(f"{prefix}:*"):
+        if b":undo:" in key:
+            continue
+        kind = client.type(key)
+        out[key] = (client.get(key) if kind == b"string" else client.zrange(key, 0, -1, withscores=True)
+                    if kind == b"zset" else client.hgetall(key))
+    return out
+
+
+def test_a_write_whose_transaction_never_committed_is_rolled_back_whole(store: StateStore, unique: str) -> None:
+    prefix = f"u{unique}"
+    undoing = StateStore(store.client, prefix, 6, 2 * DAY, 3600, silence_marks=(10 * DAY, 30 * DAY), keeps_undo=True)
+    try:
+        undoing.apply(batch([("a", 0, T0, "A", "e0"), ("b", 1, T0 + DAY, "B", "e1")]))
+        undoing.apply(batch([("c", 0, T0, "C", "x0")], partition=1))
+        before = _snapshot(store.client, prefix)
+        # the next write (offsets 2..3 of partition 0): a grows, d is new, the clock passes a's mark
+        # and b's, and a's alert state changes; its transaction then dies
+        later = batch([("a", 2, T0 + 40 * DAY, "A", "e2"), ("d", 3, T0 + 40 * DAY, "D", "e3")])
+        applied, pending = undoing.preview(later)
+        assert applied.due.size == 4, "a and b pass both marks; b leaves the sorted set"
+        pending.set_updates(alerts([0], [True], [T0 + 40 * DAY]))
+        undoing.write(pending)
+        assert _snapshot(store.client, prefix) != before
+        assert undoing.rollback(0, committed_offset=2) == 2, "a's and d's windows restored"
+        assert _snapshot(store.client, prefix) == before, "windows, sorted set, clock: as before the write"
+        assert undoing.rollback(0, committed_offset=2) == -1, "the undo record is used once"
+        # the same write committed: a member given the partition keeps it
+        undoing.write(pending)
+        after = _snapshot(store.client, prefix)
+        assert undoing.rollback(0, committed_offset=4) == -1 and _snapshot(store.client, prefix) == after
+        assert undoing.rollback(1, committed_offset=1) == -1, "partition 1's write committed (offset 0): it stands"
+        assert store.client.exists(undoing.window_key("c"))
+    finally:
+        for key in store.client.scan_iter(f"{prefix}:*"):
+            store.client.delete(key)
