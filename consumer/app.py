@@ -51,6 +51,7 @@ from consumer.settings import Settings
 from consumer.source import EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
 from state.encoding import activity_codes, encode
+from state.errors import KafkaUnavailable
 from state.store import (
     APPLIED,
     FLAG_ALERTED,
@@ -166,12 +167,18 @@ class Scorer:
         self.runner = self.watcher.load_current()
         self._set_model(self.runner)
         self.store = self._new_store()
-        self.emitter = Emitter(s.kafka_config(), on_wait=self._keep_membership)
+        self.emitter = Emitter(
+            s.kafka_config(),
+            on_wait=self._keep_membership,
+            transactional_id=s.transactional_id() if s.exactly_once else None,
+        )
         self.consumer = Consumer(
             s.kafka_config(
                 **{
                     "group.id": s.group_id,
-                    "enable.auto.commit": True,
+                    # exactly-once: offsets are committed in each batch's transaction instead
+                    "enable.auto.commit": not s.exactly_once,
+                    "isolation.level": "read_committed",
                     "auto.commit.interval.ms": 1000,
                     "enable.auto.offset.store": False,
                     "auto.offset.reset": "earliest",
@@ -203,6 +210,7 @@ class Scorer:
             s.state.lateness_seconds,
             s.state.retention_days * 86_400,
             silence.marks_for(s.silence.marks_days, self.runner.horizon_days) if s.silence.enabled else (),
+            keeps_undo=s.exactly_once,
         )
 
     def _set_model(self, runner: ModelRunner) -> None:
@@ -231,14 +239,30 @@ class Scorer:
         # librdkafka keeps a partition's pause across a lost assignment; one paused while the
         # batch waited (e.g. on a restarting broker) would come back paused and never fetch
         consumer.resume(partitions)
+        if self.settings.exactly_once:
+            self._roll_back_uncommitted(consumer, partitions)
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self._assignment_changed()
+
+    def _roll_back_uncommitted(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Before fetching from a partition: undo the state a previous owner stored for a batch
+        whose transaction never committed (its outputs were aborted, so it is replayed whole)."""
+        assert self.store is not None
+        store = self.store
+        mine = [p for p in partitions if p.topic == self.settings.topics.events]
+        for tp in consumer.committed(mine, timeout=30) if mine else []:
+            committed = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
+            restored = self._with_redis(lambda tp=tp, committed=committed: store.rollback(tp.partition, committed))
+            if restored >= 0:
+                log.warning("partition %d: rolled back %d windows of an uncommitted batch (committed offset %d)",
+                            tp.partition, restored, committed)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # whatever stays pending is stored later; a new owner of these partitions replays it
         # against either state consistently (the write is idempotent)
         self._flush_pending(attempts=3)
-        self._commit_now()
+        if not self.settings.exactly_once:
+            self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._forget_clocks(partitions)
         self._assignment_changed()
@@ -349,9 +373,6 @@ class Scorer:
         for error in decoded.errors:
             self.metrics.kafka_errors.labels("consume").inc()
             log.warning("consume error: %s", error)
-        for msg, reason, detail in decoded.invalid:
-            self.emitter.send(s.topics.dlq, msg.key(), msg.value(), dlq_headers(msg, reason, detail))
-            self.metrics.invalid.labels(reason).inc()
         report.invalid = len(decoded.invalid)
         report.valid = len(decoded.events)
         timers["decode"].observe(time.perf_counter() - t)
@@ -359,6 +380,11 @@ class Scorer:
         write = self._score(decoded.events, decoded.event_ids, report) if len(decoded.events) else None
         if write is None:
             self._flush_pending()
+        # after the previous batch was committed, so that (exactly-once) its transaction holds
+        # its own dead letters only
+        for msg, reason, detail in decoded.invalid:
+            self.emitter.send(s.topics.dlq, msg.key(), msg.value(), dlq_headers(msg, reason, detail))
+            self.metrics.invalid.labels(reason).inc()
         now_ms = time.time() * 1000
         for ms in decoded.kafka_ts[decoded.kafka_ts > 0]:
             self.metrics.latency.observe(max(0.0, (now_ms - ms) / 1000.0))
@@ -399,8 +425,26 @@ class Scorer:
     def _offsets_stored_after(self, messages: list[Message]) -> None:
         self._pending = None
         t = time.perf_counter()
-        self._store_offsets(messages)
+        if self.settings.exactly_once and self.consumer is not None:
+            self._commit_transaction(messages)
+        else:
+            self._store_offsets(messages)
         self.metrics.stage_timers["commit"].observe(time.perf_counter() - t)
+
+    def _commit_transaction(self, messages: list[Message]) -> None:
+        """The batch's outputs, dead letters and offsets become visible together. A transaction
+        that fails is aborted and the scorer stops: its state was stored, and only the next
+        owner's rollback (on assignment) makes the replay whole again."""
+        assert self.consumer is not None and self.emitter is not None
+        self._note_record_times(messages)
+        offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
+        try:
+            self.emitter.commit(offsets, self.consumer.consumer_group_metadata())
+        except KafkaUnavailable:
+            self.metrics.kafka_errors.labels("commit").inc()
+            log.error("transaction aborted: stopping, so the partitions' next owner rolls the batch back")
+            self.stop_requested.set()
+            raise
 
     def _score(
         self,
@@ -635,12 +679,15 @@ class Scorer:
                 self._resume()
             return result
 
-    def _store_offsets(self, messages: list[Message]) -> None:
-        assert self.consumer is not None
+    def _note_record_times(self, messages: list[Message]) -> None:
         for msg in messages:
             partition = msg.partition()
             if msg.error() is None and partition is not None:
                 self._last_ts_ms[partition] = msg.timestamp()[1]
+
+    def _store_offsets(self, messages: list[Message]) -> None:
+        assert self.consumer is not None
+        self._note_record_times(messages)
         offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
         if offsets:
             try:
@@ -712,7 +759,8 @@ class Scorer:
             self.emitter.close()
         if self.consumer is not None:
             self._flush_pending(attempts=5)
-            self._commit_now()
+            if not self.settings.exactly_once:
+                self._commit_now()
             self.consumer.close()
             self.consumer = None
         if self.http is not None:

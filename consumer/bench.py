@@ -58,6 +58,7 @@ class BenchOptions:
     baseline_seconds: float = 20.0
     repeat: int = 1
     seed: int = 0
+    exactly_once: bool = False  # also a throughput run with Kafka transactions, as a ratio
     workdir: Path = Path("data/bench")
 
 
@@ -195,14 +196,16 @@ class Bench:
         return phase
 
     # -- phases ---------------------------------------------------------------------------
-    def throughput(self, records: list[tuple[bytes, bytes]], tag: str, instances: int = 1) -> dict[str, Any]:
+    def throughput(
+        self, records: list[tuple[bytes, bytes]], tag: str, instances: int = 1, env: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         phase = self.phase(tag)
         kafka = self.settings.kafka_config()
         if instances == 1:
             send(records, phase.settings.topics.events, kafka, progress=False)
             note(f"[{tag}] {len(records):,} events pre-produced; draining with one scorer ...")
         logs = [self.workdir / f"{tag}-{i}.log" for i in range(instances)]
-        scorers = [ScorerProcess(phase.env, self.registry, log).start() for log in logs]
+        scorers = [ScorerProcess(phase.env | (env or {}), self.registry, log).start() for log in logs]
         try:
             for scorer in scorers:
                 scorer.wait_ready(timeout=300)
@@ -413,6 +416,13 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
                 "missing": scale["missing"],
                 "duplicated": scale["duplicated"],
             }
+        if options.exactly_once:
+            transactional = {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once", "SEQSCORE_INSTANCE_ID": "bench"}
+            eos = bench.throughput(records, "eos", env=transactional)
+            result["exactly_once"] = {
+                "throughput_eps": round(eos["eps"], 1),
+                "ratio": round(eos["eps"] / throughput, 3) if throughput else None,
+            }
         on_result(result)
         return result
     finally:
@@ -451,6 +461,10 @@ def table(r: dict[str, Any]) -> str:
         i = r["instances"]
         lines.append(f"{i['count']} instances      {i['throughput_eps']:>10,.0f} events/s   missing {i['missing']}, "
                      f"processed twice {i['duplicated']} (same 2 cores: correctness and overhead, not speed-up)")
+    if "exactly_once" in r:
+        e = r["exactly_once"]
+        lines.append(f"exactly-once     {e['throughput_eps']:>10,.0f} events/s   {e['ratio']:.2f}x the at-least-once "
+                     "throughput (a transaction per batch)")
     lines.append("targets")
     for name, check in TARGETS:
         lines.append(f"  {'met    ' if check(r) else 'not met'}  {name}")

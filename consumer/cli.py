@@ -333,7 +333,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = BenchOptions(
         events=args.events, customers=args.customers, window=args.window, model=args.model,
         instances=args.instances, latency_seconds=args.latency_seconds, rate=args.rate,
-        baseline_seconds=args.baseline_seconds, repeat=args.repeat, seed=args.seed,
+        baseline_seconds=args.baseline_seconds, repeat=args.repeat, seed=args.seed, exactly_once=args.exactly_once,
     )
 
     def write(result: dict[str, object]) -> None:
@@ -548,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-seconds", type=_non_negative_float, default=20.0)
     p.add_argument("--baseline-seconds", type=_non_negative_float, default=20.0)
     p.add_argument("--repeat", type=_positive_int, default=1, help="throughput and baseline runs (medians)")
+    p.add_argument("--exactly-once", action="store_true",
+                   help="also drain with processing_guarantee=exactly_once (Kafka transactions), as a ratio")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench)

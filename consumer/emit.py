@@ -15,11 +15,13 @@ from typing import Any
 
 import numpy as np
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from numpy.typing import NDArray
 
 from state.errors import KafkaUnavailable
 from state.events import SCHEMA_VERSION
+
+TRANSACTION_CALL_S = 30.0
 
 
 def prediction_id(kind: str, event_id: str, model_version: str) -> str:
@@ -118,9 +120,30 @@ def dlq_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, str |
 
 
 class Emitter:
-    """A producer that knows whether everything it sent was acknowledged."""
+    """A producer that knows whether everything it sent was acknowledged.
 
-    def __init__(self, config: dict[str, Any], on_wait: Callable[[], None] | None = None) -> None:
+    With a `transactional_id` (exactly-once serving) every record sent joins the open
+    transaction, begun by the first send after a commit; `commit` adds the consumed offsets
+    and commits outputs and offsets together.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        on_wait: Callable[[], None] | None = None,
+        transactional_id: str | None = None,
+        transaction_timeout_ms: int = 60_000,
+    ) -> None:
+        transactional = (
+            {
+                "transactional.id": transactional_id,
+                "transaction.timeout.ms": transaction_timeout_ms,
+                # a transaction cannot wait for a broker longer than it may stay open
+                "message.timeout.ms": transaction_timeout_ms,
+            }
+            if transactional_id
+            else {}
+        )
         self.producer = Producer(
             {
                 "enable.idempotence": True,
@@ -132,10 +155,42 @@ class Emitter:
                 # no Python callback per acknowledged record: only failures are reported
                 "delivery.report.only.error": True,
                 **config,
+                **transactional,
             }
         )
+        self.transactional = bool(transactional_id)
+        self._in_transaction = False
+        if self.transactional:
+            # fences this id's previous incarnation and aborts its open transaction at once
+            self.producer.init_transactions(TRANSACTION_CALL_S)
         self._error: KafkaError | None = None
         self._on_wait = on_wait
+
+    def commit(self, offsets: list[TopicPartition], group: Any) -> None:
+        """Commit the open transaction with the consumed `offsets` (exactly-once); raise
+        KafkaUnavailable when it was aborted instead."""
+        if not self._in_transaction and not offsets:
+            return
+        try:
+            self._begin()
+            if offsets:
+                self.producer.send_offsets_to_transaction(offsets, group, TRANSACTION_CALL_S)
+            self.producer.commit_transaction(TRANSACTION_CALL_S)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.txn_requires_abort():
+                self.producer.abort_transaction(TRANSACTION_CALL_S)
+            raise KafkaUnavailable(f"transaction not committed: {error}") from exc
+        finally:
+            self._in_transaction = False
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise KafkaUnavailable(f"delivery failed: {error}")
+
+    def _begin(self) -> None:
+        if self.transactional and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
 
     def _delivered(self, err: KafkaError | None, _msg: Message) -> None:
         if err is not None and self._error is None:
@@ -148,6 +203,7 @@ class Emitter:
         value: bytes | None,
         headers: list[tuple[str, str | bytes | None]] | None = None,
     ) -> None:
+        self._begin()
         while True:
             try:
                 self.producer.produce(topic, value=value, key=key, headers=headers, on_delivery=self._delivered)

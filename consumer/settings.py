@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import unquote
 
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
@@ -126,6 +126,16 @@ class Settings(BaseSettings):
     redis_url: str = Field(default="redis://127.0.0.1:6379/0")
     registry: Path = Path("./models")
     group_id: str = Field(default="seqscore", min_length=1)
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        default="at_least_once",
+        description="exactly_once: outputs, dead letters and consumed offsets in one Kafka transaction per batch.",
+    )
+    instance_id: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Stable across restarts of one instance (exactly_once: its transactional id); "
+        "default host:metrics_port.",
+    )
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576)
@@ -175,6 +185,15 @@ class Settings(BaseSettings):
             else:
                 sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.processing_guarantee == "exactly_once"
+
+    def transactional_id(self) -> str:
+        import socket
+
+        return f"{self.group_id}-{self.instance_id or f'{socket.gethostname()}:{self.metrics_port}'}"
 
     def kafka_config(self, **extra: Any) -> dict[str, Any]:
         """librdkafka configuration: bootstrap + passthrough + the caller's own keys."""

@@ -21,7 +21,7 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     result = subprocess.run(
         [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "6000",
          "--customers", "300", "--latency-seconds", "3", "--baseline-seconds", "2", "--rate", "400",
-         "--instances", "2", "--json", str(out)],
+         "--instances", "2", "--exactly-once", "--json", str(out)],
         env=os.environ | test_env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
@@ -37,7 +37,10 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     assert figures["redis_bytes_per_customer"] > 0 and figures["rss_mb"] > 0
     assert figures["instances"] == {"count": 2, "throughput_eps": figures["instances"]["throughput_eps"],
                                     "missing": 0, "duplicated": 0}
-    assert "throughput" in result.stdout and "targets" in result.stdout
+    eos = figures["exactly_once"]
+    assert eos["throughput_eps"] > 0
+    assert eos["ratio"] == pytest.approx(eos["throughput_eps"] / figures["throughput_eps"], rel=1e-2)
+    assert "throughput" in result.stdout and "exactly-once" in result.stdout and "targets" in result.stdout
     (run_id,) = [p.name for p in (tmp_path / "data" / "bench").iterdir()]
     admin = AdminClient({"bootstrap.servers": test_env["SEQSCORE_KAFKA_BOOTSTRAP"]})
     assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"bench-{run_id}")], "deleted"

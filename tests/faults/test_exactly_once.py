@@ -1,0 +1,55 @@
+"""Exactly-once output (SEQSCORE_PROCESSING_GUARANTEE=exactly_once): the scorer killed with
+SIGKILL at random points, mid-transaction as often as not, and restarted; a read_committed
+consumer of next-actions sees exactly one prediction per event, equal to a clean run's, and
+Redis holds exactly the clean run's state."""
+
+from __future__ import annotations
+
+import random
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from consumer.harness import ScorerProcess
+from consumer.settings import Settings
+from tests.faults.runs import assert_same_outcome, scored_run, variant
+from training.simulate import simulate
+
+pytestmark = pytest.mark.slow
+
+
+def test_sigkill_mid_transaction_leaves_exactly_one_committed_prediction_per_event(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    history = simulate(300, seed=45)
+    rng = random.Random(45)
+    restarts: list[ScorerProcess] = []
+
+    def kill_four_times(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        for attempt in range(4):
+            time.sleep(rng.uniform(0.2, 1.5))
+            scorer.stop(signal.SIGKILL)
+            # the same instance id: its restart aborts the killed one's open transaction at once
+            scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
+                                   tmp_path / "faulted" / f"scorer-{attempt + 1}.log").start()
+            scorer.wait_ready()
+            restarts.append(scorer)
+        return scorer
+
+    exactly_once = {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once", "SEQSCORE_INSTANCE_ID": "eos-test"}
+    for name in ("clean", "faulted"):
+        (tmp_path / name).mkdir()
+    clean = scored_run(variant(test_env, unique, "c") | exactly_once, tiny_registry, history, tmp_path / "clean",
+                       monkeypatch)
+    # slow enough (about 50 s) that every kill, 10 s of rejoining apart, lands mid-stream
+    faulted = scored_run(variant(test_env, unique, "f") | exactly_once, tiny_registry, history,
+                         tmp_path / "faulted", monkeypatch, fault=kill_four_times, rate=60.0)
+    assert_same_outcome(clean, faulted, history)
+    repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
+    assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events: {repeated}"
+    assert all(len(seen) == 1 for seen in clean.predictions.values())
+    rolled_back = sum("rolled back" in s.log_path.read_text() for s in restarts)
+    print(f"\n{len(faulted.predictions)} events, one committed prediction each; "
+          f"{rolled_back} of 4 restarts rolled back an uncommitted batch")
