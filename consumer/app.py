@@ -159,6 +159,7 @@ class Scorer:
         self._pending: tuple[PendingWrite | None, list[Message]] | None = None
         self.http: Any = None
         self.profiles: ProfileFollower | None = None
+        self._abandoned = False  # stopped mid-batch during an outage: store and commit nothing more
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -167,6 +168,12 @@ class Scorer:
         self.runner = self.watcher.load_current()
         self._set_model(self.runner)
         self.store = self._new_store()
+        try:
+            self.store.client.ping()
+        except (redis.AuthenticationError, redis.exceptions.NoPermissionError):
+            raise  # configuration, not an outage: stop with one line rather than wait forever
+        except redis.RedisError as exc:
+            log.error("Redis unavailable at start (%s): the first batch waits for it", exc)
         self.emitter = Emitter(
             s.kafka_config(),
             on_wait=self._keep_membership,
@@ -260,9 +267,10 @@ class Scorer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # whatever stays pending is stored later; a new owner of these partitions replays it
         # against either state consistently (the write is idempotent)
-        self._flush_pending(attempts=3)
-        if not self.settings.exactly_once:
-            self._commit_now()
+        if not self._abandoned:
+            self._flush_pending(attempts=3)
+            if not self.settings.exactly_once:
+                self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._forget_clocks(partitions)
         self._assignment_changed()
@@ -305,6 +313,8 @@ class Scorer:
         """While a batch waits on Kafka or Redis: stop fetching, but keep serving group callbacks."""
         if self.consumer is None:  # a sweep has no consumer
             return
+        if self.stop_requested.is_set():
+            raise StopServing("stop requested while a batch waited on Kafka or Redis")
         self.health.beat()
         assignment = self.consumer.assignment()
         if assignment:
@@ -329,6 +339,10 @@ class Scorer:
         try:
             while not self.stop_requested.is_set():
                 self.step()
+        except StopServing as exc:
+            # waiting for the outage to end would hold the stop for as long as it lasts
+            self._abandoned = True
+            log.warning("stopping without storing the last batch (%s): the partitions' next owner replays it", exc)
         finally:
             self.close()
 
@@ -758,15 +772,20 @@ class Scorer:
         if self.emitter is not None:
             self.emitter.close()
         if self.consumer is not None:
-            self._flush_pending(attempts=5)
-            if not self.settings.exactly_once:
-                self._commit_now()
+            if not self._abandoned:
+                self._flush_pending(attempts=5)
+                if not self.settings.exactly_once:
+                    self._commit_now()
             self.consumer.close()
             self.consumer = None
         if self.http is not None:
             self.http.shutdown()
             self.http = None
         log.info("scorer stopped")
+
+
+class StopServing(Exception):
+    """A stop was requested while a batch waited on an outage: the batch stays uncommitted."""
 
 
 def install_signal_handlers(scorer: Scorer) -> None:

@@ -221,7 +221,7 @@ class Bench:
             outputs = None
             if instances > 1:
                 outputs = predictions_by_event(
-                    read_topic(self.settings.kafka_bootstrap, phase.settings.topics.next_actions, len(records))
+                    read_topic(self.settings.kafka_config(), phase.settings.topics.next_actions, len(records))
                 )
         finally:
             for scorer in scorers:
@@ -245,9 +245,9 @@ class Bench:
             scorer.wait_ready(timeout=300)
             sent, took = send(records, phase.settings.topics.events, self.settings.kafka_config(), rate=rate,
                               progress=False, deadline_s=seconds)
-            outputs = read_topic(self.settings.kafka_bootstrap, phase.settings.topics.next_actions, sent)
+            outputs = read_topic(self.settings.kafka_config(), phase.settings.topics.next_actions, sent)
             scorer.stop()
-        inputs = read_topic(self.settings.kafka_bootstrap, phase.settings.topics.events, sent)
+        inputs = read_topic(self.settings.kafka_config(), phase.settings.topics.events, sent)
         produced = {orjson_event_id(m.value() or b"{}"): m.timestamp()[1] for m in inputs}
         delays = np.array(
             [m.timestamp()[1] - produced[e] for m in outputs if (e := orjson_event_id(m.value() or b"{}")) in produced],

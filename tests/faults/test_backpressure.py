@@ -5,6 +5,7 @@ like a clean run of the same stream."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import threading
 import time
@@ -13,8 +14,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumer.harness import ScorerProcess, wait_for
-from consumer.settings import Settings
+from consumer.harness import ScorerProcess, running, wait_for
+from consumer.loadgen import StreamPlan, stream
+from consumer.settings import Settings, load_settings
 from tests.conftest import REPO
 from tests.faults.runs import faulted_equals_clean
 from training.simulate import simulate
@@ -110,3 +112,31 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
         return scorer
 
     faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, throttle)
+
+
+def test_sigterm_while_redis_stalls_stops_the_scorer_without_committing_the_batch(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for key, value in test_env.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    history = simulate(100, seed=46)
+    admin = redis.Redis.from_url(settings.redis_url)
+    with running(test_env, tiny_registry, tmp_path / "serve.log") as scorer:
+        scorer.wait_ready()
+        stream(history, settings.topics.events, settings.kafka_config(), StreamPlan(rate=300), progress=False)
+        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 100, timeout=60, what="stream flowing")
+        admin.execute_command("CLIENT", "PAUSE", 30_000, "ALL")  # it ends by itself: UNPAUSE would wait too
+        paused_until = time.monotonic() + 30
+        try:
+            wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 1, timeout=30,
+                     what="paused for Redis")
+            stopped_at = time.monotonic()
+            assert scorer.process is not None
+            scorer.process.send_signal(signal.SIGTERM)
+            code = scorer.process.wait(timeout=60)
+            took = time.monotonic() - stopped_at
+        finally:
+            time.sleep(max(0.0, paused_until - time.monotonic()))
+    assert code == 0 and took < 20, f"exit {code} after {took:.0f}s: a stalled Redis must not hold a SIGTERM"
+    assert "stopping without storing the last batch" in (tmp_path / "serve.log").read_text()

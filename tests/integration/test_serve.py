@@ -5,6 +5,7 @@ metrics, readiness, shutdown, two instances, model refresh, profiles and erasure
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -254,3 +255,17 @@ def test_profiles_are_joined_and_erasure_removes_everything(
         tombstones = [m for m in read_topic(settings.kafka_bootstrap, settings.topics.profiles, 5)
                       if m.value() is None]
         assert sorted(m.key().decode() for m in tombstones) == sorted([forget, tombstoned])
+
+
+def test_wrong_redis_credentials_stop_serve_at_once_with_one_line_without_the_password(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
+) -> None:
+    env = os.environ | test_env | {"SEQSCORE_REGISTRY": str(tiny_registry), "TF_CPP_MIN_LOG_LEVEL": "3",
+                                   "SEQSCORE_REDIS_URL": "redis://nobody:hunter2-secret@127.0.0.1:6379/0"}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "consumer.cli", "serve"], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 1 and time.monotonic() - started < 60
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("seqscore serve: Redis at") and "refused the credentials" in last, done.stderr[-2000:]
+    assert "hunter2-secret" not in done.stderr + done.stdout
