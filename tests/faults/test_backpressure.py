@@ -75,6 +75,8 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
 ) -> None:
     history = simulate(600, seed=44)  # long enough that records wait while the output is throttled
 
+    throttled: list[ScorerProcess] = []
+
     def throttle(scorer: ScorerProcess, settings: Settings) -> ScorerProcess:
         wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
         # the same scorer under a client id the broker throttles to 4 KB/s (a few outputs a second)
@@ -83,6 +85,7 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
         try:
             env = scorer.env | {"SEQSCORE_KAFKA__CLIENT_ID": SCORER_CLIENT_ID}
             scorer = ScorerProcess(env, Path(env["SEQSCORE_REGISTRY"]), tmp_path / "faulted" / "throttled.log").start()
+            throttled.append(scorer)
             scorer.wait_ready()
             wait_for(lambda: scorer.metric("seqscore_events_total") > 0, timeout=60, what="consuming again")
             baseline, consumed_at_start = rss_mb(scorer), scorer.metric("seqscore_events_total")
@@ -111,7 +114,12 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
             client_quota(settings, None)
         return scorer
 
-    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, throttle)
+    try:
+        faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, throttle)
+    finally:  # a failure inside the fault leaves the restarted scorer to us
+        for scorer in throttled:
+            if scorer.process is not None and scorer.process.poll() is None:
+                scorer.process.kill()
 
 
 def test_sigterm_while_redis_stalls_stops_the_scorer_without_committing_the_batch(
