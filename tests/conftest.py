@@ -57,14 +57,11 @@ def unique() -> str:
     return uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """SEQSCORE_* variables pointing at the stack with topic names and prefix of this test only."""
-    env = {
-        "SEQSCORE_KAFKA_BOOTSTRAP": stack["kafka"],
-        "SEQSCORE_REDIS_URL": stack["redis"],
-        "SEQSCORE_GROUP_ID": f"seqscore-{unique}",
-        "SEQSCORE_STATE__KEY_PREFIX": f"t{unique}",
+def names_of(unique: str, group: str, prefix: str) -> dict[str, str]:
+    """SEQSCORE_* names of one test's own group, key prefix and topics (4 partitions each)."""
+    return {
+        "SEQSCORE_GROUP_ID": group,
+        "SEQSCORE_STATE__KEY_PREFIX": prefix,
         "SEQSCORE_TOPICS__EVENTS": f"activity-events-{unique}",
         "SEQSCORE_TOPICS__DLQ": f"activity-events-{unique}.dlq",
         "SEQSCORE_TOPICS__NEXT_ACTIONS": f"next-actions-{unique}",
@@ -73,6 +70,13 @@ def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch
         "SEQSCORE_TOPICS__EVENTS_PARTITIONS": "4",
         "SEQSCORE_TOPICS__OUTPUT_PARTITIONS": "4",
     }
+
+
+@pytest.fixture
+def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """SEQSCORE_* variables pointing at the stack with topic names and prefix of this test only."""
+    env = {"SEQSCORE_KAFKA_BOOTSTRAP": stack["kafka"], "SEQSCORE_REDIS_URL": stack["redis"],
+           **names_of(unique, group=f"seqscore-{unique}", prefix=f"t{unique}")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env

@@ -8,7 +8,10 @@ may repeat one, never change it) and Redis must hold exactly the clean run's sta
 
 from __future__ import annotations
 
+import random
+import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +35,28 @@ Fault = Callable[[ScorerProcess, Settings], "ScorerProcess | list[ScorerProcess]
 class RunResult:
     predictions: dict[str, list[dict[str, object]]]
     state: dict[str, object]
+
+
+def wait_flowing(scorer: ScorerProcess, predictions: int = 300) -> None:
+    wait_for(lambda: scorer.metric("seqscore_predictions_total") > predictions, timeout=60, what="stream flowing")
+
+
+def kill_repeatedly(times: int, rng: random.Random, logs: Path, restarted: list[ScorerProcess] | None = None) -> Fault:
+    """A fault: SIGKILL the scorer `times` times at random points, each time restarting it with
+    the same environment (so the same instance id) once the previous one is gone."""
+
+    def fault(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        for attempt in range(times):
+            time.sleep(rng.uniform(0.2, 1.5))
+            scorer.stop(signal.SIGKILL)
+            scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
+                                   logs / f"scorer-{attempt + 1}.log").start()
+            if restarted is not None:
+                restarted.append(scorer)
+            scorer.wait_ready()
+        return scorer
+
+    return fault
 
 
 def variant(test_env: dict[str, str], unique: str, suffix: str) -> dict[str, str]:

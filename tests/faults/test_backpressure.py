@@ -18,7 +18,7 @@ from consumer.harness import ScorerProcess, running, wait_for
 from consumer.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
 from tests.conftest import REPO
-from tests.faults.runs import faulted_equals_clean
+from tests.faults.runs import faulted_equals_clean, wait_flowing
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -49,7 +49,7 @@ def test_a_stalling_redis_pauses_the_scorer_and_loses_nothing(
     history = simulate(200, seed=43)
 
     def stalls(scorer: ScorerProcess, settings: Settings) -> ScorerProcess:
-        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        wait_flowing(scorer)
         admin = redis.Redis.from_url(settings.redis_url)
         baseline = rss_mb(scorer)
         paused_seen, rss = [], []
@@ -78,7 +78,7 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
     throttled: list[ScorerProcess] = []
 
     def throttle(scorer: ScorerProcess, settings: Settings) -> ScorerProcess:
-        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        wait_flowing(scorer)
         # the same scorer under a client id the broker throttles to 4 KB/s (a few outputs a second)
         assert scorer.stop() == 0
         client_quota(settings, "producer_byte_rate=4096")
@@ -133,7 +133,7 @@ def test_sigterm_while_redis_stalls_stops_the_scorer_without_committing_the_batc
     with running(test_env, tiny_registry, tmp_path / "serve.log") as scorer:
         scorer.wait_ready()
         stream(history, settings.topics.events, settings.kafka_config(), StreamPlan(rate=300), progress=False)
-        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 100, timeout=60, what="stream flowing")
+        wait_flowing(scorer, 100)
         admin.execute_command("CLIENT", "PAUSE", 30_000, "ALL")  # it ends by itself: UNPAUSE would wait too
         paused_until = time.monotonic() + 30
         try:

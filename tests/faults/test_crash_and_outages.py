@@ -5,7 +5,6 @@ must end exactly like a clean run of the same stream (tests/faults/runs.py)."""
 from __future__ import annotations
 
 import random
-import signal
 import subprocess
 import time
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from consumer.harness import ScorerProcess, wait_for
 from consumer.settings import Settings
 from tests.conftest import REPO
-from tests.faults.runs import faulted_equals_clean
+from tests.faults.runs import faulted_equals_clean, kill_repeatedly, wait_flowing
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -31,17 +30,7 @@ def test_sigkill_at_random_points_three_times_matches_a_clean_run(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
     history = simulate(300, seed=41)
-    rng = random.Random(41)
-
-    def kill_three_times(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
-        for attempt in range(3):
-            time.sleep(rng.uniform(0.2, 1.5))
-            scorer.stop(signal.SIGKILL)
-            scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
-                                   tmp_path / "faulted" / f"scorer-{attempt + 1}.log").start()
-            scorer.wait_ready()
-        return scorer
-
+    kill_three_times = kill_repeatedly(3, random.Random(41), tmp_path / "faulted")
     faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, kill_three_times)
 
 
@@ -51,7 +40,7 @@ def test_redis_down_for_ten_seconds_pauses_and_resumes_without_loss(
     history = simulate(200, seed=42)
 
     def redis_outage(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
-        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        wait_flowing(scorer)
         stack("down", "redis")
         try:
             down_at = time.monotonic()
@@ -77,7 +66,7 @@ def test_broker_restart_mid_stream_loses_nothing(
     history = simulate(200, seed=43)
 
     def broker_restart(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
-        wait_for(lambda: scorer.metric("seqscore_predictions_total") > 300, timeout=60, what="stream flowing")
+        wait_flowing(scorer)
         stack("down", "kafka")
         try:
             time.sleep(3)

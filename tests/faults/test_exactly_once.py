@@ -6,15 +6,12 @@ Redis holds exactly the clean run's state."""
 from __future__ import annotations
 
 import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
 
 from consumer.harness import ScorerProcess
-from consumer.settings import Settings
-from tests.faults.runs import assert_same_outcome, scored_run, variant
+from tests.faults.runs import assert_same_outcome, kill_repeatedly, scored_run, variant
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -24,19 +21,9 @@ def test_sigkill_mid_transaction_leaves_exactly_one_committed_prediction_per_eve
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
     history = simulate(300, seed=45)
-    rng = random.Random(45)
     restarts: list[ScorerProcess] = []
-
-    def kill_four_times(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
-        for attempt in range(4):
-            time.sleep(rng.uniform(0.2, 1.5))
-            scorer.stop(signal.SIGKILL)
-            # the same instance id: its restart aborts the killed one's open transaction at once
-            scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
-                                   tmp_path / "faulted" / f"scorer-{attempt + 1}.log").start()
-            scorer.wait_ready()
-            restarts.append(scorer)
-        return scorer
+    # the same instance id on each restart: it aborts the killed one's open transaction at once
+    kill_four_times = kill_repeatedly(4, random.Random(45), tmp_path / "faulted", restarts)
 
     exactly_once = {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once", "SEQSCORE_INSTANCE_ID": "eos-test"}
     for name in ("clean", "faulted"):

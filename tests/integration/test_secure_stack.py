@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.harness import free_port, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import StreamPlan, event_values, stream
 from consumer.settings import load_settings
-from tests.conftest import REPO
+from tests.conftest import REPO, names_of
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -87,17 +87,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureSta
 def scorer_env(secure_stack: SecureStack, unique: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """The stack's env file plus this test's topics and key prefix, also in os.environ."""
     env = dict(secure_stack.env)
-    env |= {
-        "SEQSCORE_GROUP_ID": f"secure-{unique}",
-        "SEQSCORE_STATE__KEY_PREFIX": f"s{unique}",
-        "SEQSCORE_TOPICS__EVENTS": f"activity-events-{unique}",
-        "SEQSCORE_TOPICS__DLQ": f"activity-events-{unique}.dlq",
-        "SEQSCORE_TOPICS__NEXT_ACTIONS": f"next-actions-{unique}",
-        "SEQSCORE_TOPICS__CHURN_ALERTS": f"churn-alerts-{unique}",
-        "SEQSCORE_TOPICS__PROFILES": f"customer-profiles-{unique}",
-        "SEQSCORE_TOPICS__EVENTS_PARTITIONS": "4",
-        "SEQSCORE_TOPICS__OUTPUT_PARTITIONS": "4",
-    }
+    env |= names_of(unique, group=f"secure-{unique}", prefix=f"s{unique}")
     for key in [k for k in os.environ if k.startswith("SEQSCORE_")]:
         monkeypatch.delenv(key)
     for key, value in env.items():
