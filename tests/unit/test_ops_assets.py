@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -54,6 +55,37 @@ def test_grafana_dashboard_queries_only_metrics_the_scorer_exports() -> None:
     wanted = {"seqscore_events", "seqscore_consumer_lag_seconds", "seqscore_event_to_output_seconds",
               "seqscore_batch_size", "seqscore_stage_seconds", "seqscore_churn_alerts", "seqscore_model_info"}
     assert wanted <= used, f"missing panels for {sorted(wanted - used)}"
+
+
+def _fields_grafana_drops(dashboard: dict[str, object]) -> list[str]:
+    """Loaded into Grafana's own dashboard models (the foundation SDK, generated from Grafana's
+    schema) and written back: the paths of the fields the schema does not know."""
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    back = json.loads(json.dumps(Dashboard.from_json(dashboard), cls=JSONEncoder))
+    dropped: list[str] = []
+
+    def walk(original: object, kept: object, path: str) -> None:
+        if isinstance(original, dict) and isinstance(kept, dict):
+            for key, value in original.items():
+                if key not in kept:
+                    dropped.append(f"{path}.{key}")
+                else:
+                    walk(value, kept[key], f"{path}.{key}")
+        elif isinstance(original, list) and isinstance(kept, list):
+            for i, (value, kept_value) in enumerate(zip(original, kept, strict=True)):
+                walk(value, kept_value, f"{path}[{i}]")
+
+    walk(dashboard, back, "")
+    return dropped
+
+
+def test_grafana_s_dashboard_schema_knows_every_field() -> None:
+    dashboard = json.loads((REPO / "deploy/grafana/seqscore.json").read_text())
+    assert _fields_grafana_drops(dashboard) == []
+    misspelled = dashboard | {"panels": [dashboard["panels"][0] | {"gridpos": {}}]}
+    assert _fields_grafana_drops(misspelled) == [".panels[0].gridpos"], "the check sees a field Grafana ignores"
 
 
 K8S_KINDS = {
