@@ -39,7 +39,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from numpy.typing import NDArray
 
-from consumer import silence
+from consumer import failpoints, silence
 from consumer.emit import Emitter, churn_alert_value, dlq_headers, next_action_values
 from consumer.health import HealthState, serve_http
 from consumer.metrics import Metrics
@@ -452,6 +452,7 @@ class Scorer:
         assert self.consumer is not None and self.emitter is not None
         self._note_record_times(messages)
         offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
+        failpoints.hit("state_stored_before_commit")  # the window the undo record exists for
         try:
             self.emitter.commit(offsets, self.consumer.consumer_group_metadata())
         except KafkaUnavailable:
