@@ -259,7 +259,11 @@ class Scorer:
         mine = [p for p in partitions if p.topic == self.settings.topics.events]
         for tp in consumer.committed(mine, timeout=30) if mine else []:
             committed = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
-            restored = self._with_redis(lambda tp=tp, committed=committed: store.rollback(tp.partition, committed))
+            # a callback may not poll: a few tries, then the error stops the scorer before it
+            # could fetch from a partition whose state it could not check
+            restored = self._with_redis(
+                lambda tp=tp, committed=committed: store.rollback(tp.partition, committed), attempts=5
+            )
             if restored >= 0:
                 log.warning("partition %d: rolled back %d windows of an uncommitted batch (committed offset %d)",
                             tp.partition, restored, committed)
@@ -268,7 +272,11 @@ class Scorer:
         # whatever stays pending is stored later; a new owner of these partitions replays it
         # against either state consistently (the write is idempotent)
         if not self._abandoned:
-            self._flush_pending(attempts=3)
+            stored = self._flush_pending(attempts=3)
+            if not stored and self.settings.exactly_once:
+                # its outputs sit in the open transaction; carrying on would commit them with the
+                # next batch while the partitions' new owner replays them: stop, let it abort
+                raise StopServing("exactly-once: a revoked batch could not be stored")
             if not self.settings.exactly_once:
                 self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
