@@ -34,6 +34,7 @@ from consumer.loadgen import event_values, send
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
 from consumer.watch import Scrape, scrape
+from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
 BATCH_SIZES = (1, 32, 256, 1024, 4096)
@@ -292,7 +293,7 @@ class Bench:
             pipe.strlen(key)
         replies = pipe.execute()
         usage, lengths = np.array(replies[0::2], dtype=np.float64), np.array(replies[1::2])
-        full = usage[lengths == 32 + 16 * capacity]
+        full = usage[lengths == STORED_HEADER_BYTES + RECORD_DTYPE.itemsize * capacity]
         return float(usage.mean()) if len(usage) else float("nan"), float(full.mean()) if len(full) else float("nan")
 
     def cleanup(self) -> None:

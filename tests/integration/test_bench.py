@@ -35,6 +35,8 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     assert set(figures["infer_sps_by_batch"]) == {"1", "32", "256", "1024", "4096"}
     assert abs(sum(figures["stage_share"].values()) - 1) < 1e-3
     assert figures["redis_bytes_per_customer"] > 0 and figures["rss_mb"] > 0
+    # 6,000 events of 300 customers: many windows are full at the tiny model's 12 events
+    assert figures["redis_bytes_full_window"] > figures["redis_bytes_per_customer"]
     assert figures["instances"] == {"count": 2, "throughput_eps": figures["instances"]["throughput_eps"],
                                     "missing": 0, "duplicated": 0}
     eos = figures["exactly_once"]
