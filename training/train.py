@@ -133,7 +133,8 @@ def training_arrays(
     chunks = training_chunks(history.customer_start, window)
     nxt = next_event_ts(history.ts, history.seq_start)
     score = sample_score_times(history.ts, nxt, churn_period.label_end, rng)
-    following = class_of_tokens(np.append(spec.tokens(history.codes(spec.level))[1:], 0))
+    codes = history.codes(spec.level)
+    following = class_of_tokens(np.append(spec.tokens(codes)[1:], 0))
     next_class = np.where(nxt < next_period.label_end, following, -1)
     churn, known = churn_labels(score, nxt, churn_period.label_end, horizon_days)
 
@@ -141,7 +142,7 @@ def training_arrays(
     loss = real & (np.arange(window)[None, :] >= chunks.first_loss[:, None])
     w_next = loss & (next_class[idx] >= 0) & next_period.mask(history.ts[idx])
     w_churn = loss & known[idx] & churn_period.mask(history.ts[idx])
-    chunked = _window_arrays(history, spec, chunks.ends, np.where(real, score[idx] - history.ts[idx], 0))
+    chunked = _window_arrays(history, spec, codes, chunks.ends, np.where(real, score[idx] - history.ts[idx], 0))
     targets = {"next": np.where(w_next, next_class[idx], 0), "churn": np.where(w_churn, churn[idx], 0)}
     weights = {"next": w_next, "churn": w_churn}
 
@@ -150,7 +151,7 @@ def training_arrays(
     quiet = SilencePoints(*(part[churn_period.mask(history.ts[quiet.ends])] for part in astuple(quiet)))
     at_last = np.arange(window)[None, :] == window - 1
     elapsed = np.where(at_last, (quiet.score_ts - history.ts[quiet.ends])[:, None], 0)
-    silent = _window_arrays(history, spec, quiet.ends, elapsed)
+    silent = _window_arrays(history, spec, codes, quiet.ends, elapsed)
     inputs = {k: np.concatenate([chunked[k], silent[k]]) for k in chunked}
     n_quiet = len(quiet.ends)
     targets = {
@@ -165,16 +166,21 @@ def training_arrays(
 
 
 def _window_arrays(
-    history: History, spec: FeatureSpec, ends: NDArray[np.int64], elapsed: NDArray[np.int64]
+    history: History,
+    spec: FeatureSpec,
+    codes: NDArray[np.uint32],
+    ends: NDArray[np.int64],
+    elapsed: NDArray[np.int64],
 ) -> dict[str, NDArray[Any]]:
-    """Model inputs of the windows ending at `ends`, with the elapsed time at each step."""
+    """Model inputs of the windows ending at `ends`, with the elapsed time at each step;
+    `codes` are the history's activity codes at the model's level."""
     starts = history.customer_start[ends]
     idx, real = window_index(ends, starts, spec.window)
     ts = np.where(real, history.ts[idx], 0)
-    codes = np.where(real, history.codes(spec.level)[idx], 0).astype(np.uint32)
+    window_codes = np.where(real, codes[idx], 0).astype(np.uint32)
     return {
-        "tokens": np.where(real, spec.tokens(history.codes(spec.level))[idx], 0).astype(np.int32),
-        "steps": step_features(ts, codes, ends - starts + 1, history.ts[starts], spec),
+        "tokens": np.where(real, spec.tokens(window_codes), 0).astype(np.int32),
+        "steps": step_features(ts, window_codes, ends - starts + 1, history.ts[starts], spec),
         "context": context_features(np.where(real, elapsed, 0), history.gender[idx], history.age_group[idx], spec),
     }
 

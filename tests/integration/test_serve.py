@@ -20,8 +20,9 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from consumer.harness import predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
-from consumer.settings import load_settings
+from consumer.settings import Settings, load_settings
 from state.events import ChurnAlertMessage
+from tests.registry_copies import copy_version, poisoned_version
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -129,68 +130,60 @@ def test_two_instances_share_the_partitions(test_env: dict[str, str], tiny_regis
         assert a.metric("seqscore_predictions_total") + b.metric("seqscore_predictions_total") == history.n_events
 
 
+def own_registry(tiny_registry: Path, tmp_path: Path) -> tuple[Path, str]:
+    """A copy of the tiny registry this test may change, and its CURRENT version."""
+    registry = tmp_path / "models"
+    shutil.copytree(tiny_registry, registry, symlinks=True)
+    return registry, (registry / "CURRENT").resolve().name
+
+
+def send_events(settings: Settings, values: list[bytes]) -> None:
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for value in values:
+        producer.produce(settings.topics.events, key=orjson.loads(value)["customer_id"], value=value)
+    assert producer.flush(30) == 0
+
+
 def test_new_model_version_is_swapped_in_and_a_broken_one_refused(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
 ) -> None:
-    registry = tmp_path / "models"
-    shutil.copytree(tiny_registry, registry, symlinks=True)
-    current = (registry / "CURRENT").resolve().name
+    registry, current = own_registry(tiny_registry, tmp_path)
     settings = load_settings()
     env = test_env | {"SEQSCORE_MODEL__POLL_SECONDS": "0.5"}
-    history = simulate(20, seed=34)
-    values = [v for _, v in event_values(history)]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
-
-    def send(batch: list[bytes]) -> None:
-        for value in batch:
-            producer.produce(settings.topics.events, key=orjson.loads(value)["customer_id"], value=value)
-        assert producer.flush(30) == 0
+    values = [v for _, v in event_values(simulate(20, seed=34))]
 
     with running(env, registry, tmp_path / "serve.log") as scorer:
         scorer.wait_ready()
         # a broken version: refused, the old one keeps serving
-        broken = registry / "99990101T000000Z"
-        shutil.copytree(registry / current, broken)
+        broken = copy_version(registry / current, registry / "99990101T000000Z")
         (broken / "model.keras").write_bytes(b"not a model")
-        manifest = json.loads((broken / "manifest.json").read_text())
-        manifest["version"] = broken.name
-        (broken / "manifest.json").write_text(json.dumps(manifest))
         subprocess.run(["ln", "-sfn", broken.name, str(registry / "CURRENT")], check=True)
         wait_for(lambda: scorer.metric("seqscore_model_reloads_total", 'result="refused"') >= 1, timeout=60,
                  what="broken model refused")
-        send(values[:10])
+        send_events(settings, values[:10])
         first = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, 10)
         assert {json.loads(m.value())["model_version"] for m in first} == {current}
 
         # a good new version: swapped in between batches, named in outputs and metrics
-        fresh = registry / "99990102T000000Z"
-        shutil.copytree(registry / current, fresh)
-        manifest = json.loads((fresh / "manifest.json").read_text())
-        manifest["version"] = fresh.name
-        (fresh / "manifest.json").write_text(json.dumps(manifest))
+        fresh = copy_version(registry / current, registry / "99990102T000000Z")
         subprocess.run(["ln", "-sfn", fresh.name, str(registry / "CURRENT")], check=True)
         wait_for(lambda: scorer.metric("seqscore_model_info", f'version="{fresh.name}"') == 1, timeout=60,
                  what="new model serving")
-        send(values[10:20])
+        send_events(settings, values[10:20])
         later = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, 20)
         versions = [json.loads(m.value())["model_version"] for m in later]
         assert versions.count(fresh.name) == 10
         assert scorer.get("/readyz")[0] == 200
-    time.sleep(0)
 
 
 def test_a_version_answering_nan_is_refused_while_serving_and_the_old_one_keeps_serving(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
 ) -> None:
-    from tests.registry_copies import poisoned_version
     from training.registry import Registry
 
-    registry = tmp_path / "models"
-    shutil.copytree(tiny_registry, registry, symlinks=True)
-    current = (registry / "CURRENT").resolve().name
+    registry, current = own_registry(tiny_registry, tmp_path)
     settings = load_settings()
     values = [v for _, v in event_values(simulate(10, seed=36))][:10]
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
 
     with running(test_env | {"SEQSCORE_MODEL__POLL_SECONDS": "0.5"}, registry, tmp_path / "serve.log") as scorer:
         scorer.wait_ready()
@@ -201,9 +194,7 @@ def test_a_version_answering_nan_is_refused_while_serving_and_the_old_one_keeps_
                  what="NaN model refused")
         log = (tmp_path / "serve.log").read_text()
         assert f"model {nan.name} refused, keeping the serving model" in log and "non-finite output" in log
-        for value in values:
-            producer.produce(settings.topics.events, key=orjson.loads(value)["customer_id"], value=value)
-        assert producer.flush(30) == 0
+        send_events(settings, values)
         outputs = read_topic(settings.kafka_bootstrap, settings.topics.next_actions, len(values))
         assert len(outputs) == len(values)
         assert {json.loads(m.value())["model_version"] for m in outputs} == {current}
