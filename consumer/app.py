@@ -1,7 +1,7 @@
 """`seqscore serve`: the scoring loop of one consumer-group member.
 
 Per batch (at-least-once, spelled out):
- 1. poll up to max_batch records or max_wait_ms;
+ 1. poll what is ready, up to max_batch records (an idle poll waits up to max_wait_ms);
  2. decode + validate; invalid records go to the dead-letter topic unchanged, with reasons;
  3. ONE Redis round trip stores the previous batch's state and computes this batch's
     windows without storing them (idempotent: replayed offsets and repeated event_ids
@@ -364,7 +364,8 @@ class Scorer:
             self.metrics.reloads.labels("loaded").inc()
         timers = self.metrics.stage_timers
         started = time.perf_counter()
-        messages = poll_batch(self.consumer, self.settings.batch.max_batch, self.settings.batch.max_wait_ms)
+        batch = self.settings.batch
+        messages = poll_batch(self.consumer, batch.max_batch, batch.max_wait_ms, batch.min_batch)
         timers["poll"].observe(time.perf_counter() - started)
         self._update_lag()
         if not messages:

@@ -63,7 +63,14 @@ class TopicSettings(BaseModel):
 
 class BatchSettings(BaseModel):
     max_batch: int = Field(default=1024, ge=1, le=65_536)
-    max_wait_ms: int = Field(default=50, ge=0, le=60_000)
+    max_wait_ms: int = Field(default=50, ge=0, le=60_000, description="The longest a poll waits for min_batch records.")
+    min_batch: int = Field(
+        default=1,
+        ge=1,
+        le=65_536,
+        description="Records a poll waits for (up to max_wait_ms) before it takes what is ready; "
+        "raise it to trade latency for bigger batches at moderate rates.",
+    )
 
 
 class StateSettings(BaseModel):

@@ -15,23 +15,21 @@ from state.errors import InvalidEvent
 from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS, decode_event
 from state.store import EventBatch, event_tag
 
-# A short consume timeout: consume(n, t) blocks until n records or t, so a long t stalls
-# small batches; the batch's own deadline is max_wait_ms.
-CONSUME_SLICE_S = 0.02
 
-
-def poll_batch(consumer: Consumer, max_batch: int, max_wait_ms: int) -> list[Message]:
-    """Up to `max_batch` records, returning as soon as the batch is full or max_wait has passed
-    since the first record arrived (an idle poll waits at most max_wait too)."""
+def poll_batch(consumer: Consumer, max_batch: int, max_wait_ms: int, min_batch: int = 1) -> list[Message]:
+    """Up to `max_batch` records: all that are ready once there are at least `min_batch`, or
+    what came within `max_wait_ms`. A batch never waits to fill beyond `min_batch`: under load
+    the records that queued while the previous batch was scored make the next one, so batches
+    grow with the backlog, and at a moderate rate an event waits for no timer."""
     messages: list[Message] = []
     deadline = time.monotonic() + max_wait_ms / 1000.0
-    while len(messages) < max_batch:
+    while True:
+        messages.extend(consumer.consume(max_batch - len(messages), 0))  # what is ready now
         remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        got = consumer.consume(max_batch - len(messages), min(CONSUME_SLICE_S, remaining))
-        messages.extend(got)
-    return messages
+        if len(messages) >= min(min_batch, max_batch) or remaining <= 0:
+            return messages
+        # consume(n, t) blocks until n records or t: ask for one, so the first to come wakes it
+        messages.extend(consumer.consume(1, remaining))
 
 
 def next_offsets(messages: list[Message]) -> list[TopicPartition]:
