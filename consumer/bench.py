@@ -41,6 +41,7 @@ BATCH_SIZES = (1, 32, 256, 1024, 4096)
 BASELINE_EVENTS = 2_000  # design.md "Bench defaults": the per-event baseline runs on a ~2k sample
 BASELINE_WARMUP = 50
 STEADY = (0.05, 0.95)
+SCRAPE_EVERY_S = 0.5  # each /metrics scrape costs the scorer CPU: the observer must not slow the measured
 
 
 def note(message: str) -> None:
@@ -131,7 +132,7 @@ def steady_state(samples: list[Scrape], total: int) -> tuple[float, dict[str, fl
 
 
 def drain(scorers: list[ScorerProcess], total: int, timeout_s: float) -> list[Scrape]:
-    """Scrape the scorers (summed) every 0.2 s until they consumed `total` events."""
+    """Scrape the scorers (summed) every SCRAPE_EVERY_S until they consumed `total` events."""
     samples: list[Scrape] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -145,7 +146,7 @@ def drain(scorers: list[ScorerProcess], total: int, timeout_s: float) -> list[Sc
         samples.append(merged)
         if merged.counters.get("seqscore_events_total", 0.0) >= total:
             return samples
-        time.sleep(0.2)
+        time.sleep(SCRAPE_EVERY_S)
     raise TimeoutError(f"the scorer did not consume {total:,} events within {timeout_s:.0f}s")
 
 
