@@ -21,7 +21,7 @@ import pytest
 import redis
 from confluent_kafka import Consumer
 
-from consumer.harness import ScorerProcess, wait_for
+from consumer.harness import PROBABILITY_TOLERANCE, ScorerProcess, assert_same_prediction, wait_for
 from consumer.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
 from state.store import STORED_HEADER_BYTES, STORED_HEADER_DTYPE
@@ -86,14 +86,14 @@ def redis_state(url: str, prefix: str) -> dict[str, object]:
 
 def assert_same_state(faulted: dict[str, object], clean: dict[str, object]) -> None:
     """Byte-identical, except each window's cached latest churn risk: a float from a batch of
-    another size, equal within the predictions' 1e-5."""
+    another size, equal within the predictions' tolerance."""
     assert faulted.keys() == clean.keys(), "the same keys"
     for key, want in clean.items():
         got = faulted[key]
         if key.endswith(":w") and isinstance(got, bytes) and isinstance(want, bytes):
             head_got, head_want = (np.frombuffer(v[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE) for v in (got, want))
             risk = "pred_risk"
-            assert abs(float(head_got[risk][0]) - float(head_want[risk][0])) <= 1e-5, key
+            assert abs(float(head_got[risk][0]) - float(head_want[risk][0])) <= PROBABILITY_TOLERANCE, key
             others = [f for f in STORED_HEADER_DTYPE.names or () if f != risk]
             assert all(head_got[f][0] == head_want[f][0] for f in others), key
             assert got[STORED_HEADER_BYTES:] == want[STORED_HEADER_BYTES:], key
@@ -171,10 +171,7 @@ def assert_same_outcome(clean: RunResult, faulted: RunResult, history: Simulated
     for event_id, seen in faulted.predictions.items():
         reference = clean.predictions[event_id][0]
         for value in seen:  # a replay may repeat a prediction; every copy equals the clean one
-            assert value["prediction_id"] == reference["prediction_id"]
-            got = np.array([a["probability"] for a in value["actions"]] + [value["churn_risk"]])  # type: ignore[attr-defined]
-            want = np.array([a["probability"] for a in reference["actions"]] + [reference["churn_risk"]])  # type: ignore[attr-defined]
-            assert np.abs(got - want).max() <= 1e-5, event_id
+            assert_same_prediction(value, reference, event_id)
     assert_same_state(faulted.state, clean.state)
 
 

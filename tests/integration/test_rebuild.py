@@ -15,7 +15,7 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumer.harness import predictions_by_event, read_topic, running
+from consumer.harness import assert_same_prediction, predictions_by_event, read_topic, running
 from consumer.loadgen import MALFORMED_KINDS, corrupt, event_values
 from consumer.settings import load_settings
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
@@ -119,4 +119,5 @@ def test_rebuild_restores_wiped_windows_and_scoring_goes_on_as_before(
     new_ids = {orjson.loads(v)["event_id"] for v in new}
     assert set(on_copy) == new_ids
     for event_id in new_ids:
-        assert on_rebuilt[event_id] == on_copy[event_id], event_id
+        assert len(on_rebuilt[event_id]) == len(on_copy[event_id]) == 1, event_id
+        assert_same_prediction(on_rebuilt[event_id][0], on_copy[event_id][0], event_id)
