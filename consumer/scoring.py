@@ -7,10 +7,11 @@ fixed bucket sizes, each compiled at load. It runs on the GPU when TensorFlow se
 otherwise on the CPU.
 
 Most customers have far fewer events than the window. Windows are pre-padded and the LSTM
-skips masked steps, so running it over only the last L steps gives the same result as
-over the whole window whenever the customer has at most L events: rows are grouped by
-length into LENGTH_BUCKETS and each group runs over its bucket's length only (one call
-per group present in the batch). The recurrent cost then follows the real history.
+skips masked steps, so on the CPU the recurrent part runs over each row's real steps only,
+all rows in one call (consumer/ragged.py): the cost follows the real history. The Keras
+graph serves where that does not apply (XLA, a GPU's fused kernels, a model the ragged path
+does not describe): there rows are grouped by length into LENGTH_BUCKETS and each group
+runs over its bucket's length only, which is exact for the same reason.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from consumer.ragged import RaggedForward, unsupported
 from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
 from state.errors import SeqscoreError
 
@@ -76,6 +79,9 @@ class ModelRunner:
             tf.TensorSpec((None, n_context), tf.float32, name="context"),
         ]
         model = self.model
+        why_not = "XLA" if jit_compile else "GPU" if self.device == "GPU" else unsupported(model)
+        self._ragged = RaggedForward(model, self.lengths) if why_not is None else None
+        self.path = "ragged" if why_not is None else f"length groups ({why_not})"
 
         def forward(tokens: Any, steps: Any, context: Any) -> Any:
             out = model({"tokens": tokens, "steps": steps, "context": context}, training=False)
@@ -84,13 +90,14 @@ class ModelRunner:
         self._forward = tf.function(forward, input_signature=signature, jit_compile=jit_compile)
         try:
             # XLA compiles per shape: all of them now, not in the first batches; the plain
-            # function has one trace for every shape, so one small call per length warms it
+            # function has one trace for every shape and the ragged path one per length, so
+            # one small call per length warms them
             sizes = BUCKETS if jit_compile else BUCKETS[:1]
             for size in sizes:
                 for length in self.lengths:
                     # the smoke sample may not reach every length group: each one must answer finitely
                     self._refuse_non_finite(
-                        *self._call(
+                        *self.infer(
                             {
                                 "tokens": np.ones((size, length), np.int32),
                                 "steps": np.zeros((size, length, N_STEP_FEATURES), np.float32),
@@ -105,10 +112,11 @@ class ModelRunner:
         except Exception as exc:
             raise ModelRefused(f"{self.version}: warm-up failed: {type(exc).__name__}: {exc}") from exc
         log.info(
-            "model %s ready on %s in %.1fs (window %d, %d classes, jit %s)",
+            "model %s ready on %s in %.1fs (%s; window %d, %d classes, jit %s)",
             self.version,
             self.device,
             time.monotonic() - started,
+            self.path,
             window,
             self.spec.n_classes,
             jit_compile,
@@ -128,6 +136,8 @@ class ModelRunner:
         n = len(inputs["tokens"])
         if n == 0:
             return np.zeros((0, self.spec.n_classes), np.float32), np.zeros(0, np.float32)
+        if self._ragged is not None:
+            return _in_chunks(self._ragged, inputs)
         tokens, steps, context = inputs["tokens"], inputs["steps"], inputs["context"]
         group = np.searchsorted(self.lengths, np.count_nonzero(tokens, axis=1))
         present = np.unique(group)
@@ -146,10 +156,8 @@ class ModelRunner:
     def _infer_rows(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         """Rows of one length, at most 4096 per call; padded up to a batch bucket under XLA only
         (it compiles per shape; the plain function has a dynamic batch axis and one trace)."""
-        n = len(inputs["tokens"])
-        parts = []
-        for start in range(0, n, BUCKETS[-1]):
-            chunk = {k: v[start : start + BUCKETS[-1]] for k, v in inputs.items()}
+
+        def call(chunk: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
             size = len(chunk["tokens"])
             padded = bucket_for(size) if self.jit_compile else size
             if padded != size:
@@ -157,8 +165,9 @@ class ModelRunner:
                     k: np.concatenate([v, np.zeros((padded - size, *v.shape[1:]), v.dtype)]) for k, v in chunk.items()
                 }
             next_proba, churn = self._call(chunk)
-            parts.append((next_proba[:size], churn[:size]))
-        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+            return next_proba[:size], churn[:size]
+
+        return _in_chunks(call, inputs)
 
     def smoke_check(self) -> None:
         """Re-score the manifest's sample: a model that disagrees with its own training run, or
@@ -205,6 +214,18 @@ class ModelRunner:
             step_features = np.concatenate([step_features[:, 1:], appended], axis=1)
             proba, _ = self.infer({"tokens": tokens, "steps": step_features, "context": context})
         return out
+
+
+def _in_chunks(
+    call: Callable[[dict[str, NDArray[Any]]], tuple[NDArray[np.float32], NDArray[np.float32]]],
+    inputs: dict[str, NDArray[Any]],
+) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+    """`call` over at most BUCKETS[-1] rows at a time (bounded memory for a sweep's big batches)."""
+    n = len(inputs["tokens"])
+    if n <= BUCKETS[-1]:
+        return call(inputs)
+    parts = [call({k: v[start : start + BUCKETS[-1]] for k, v in inputs.items()}) for start in range(0, n, BUCKETS[-1])]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
 def any_length_copy(model: Any, spec: FeatureSpec, config: dict[str, Any]) -> Any:

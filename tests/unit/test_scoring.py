@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 import pytest
 
 from consumer.emit import churn_alert_value, iso, iso_many, next_action_values
+from consumer.ragged import RaggedForward, unsupported
 from consumer.scoring import ModelRefused, ModelRunner
-from state.encoding import FIRST_TOKEN
+from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
 from state.events import ChurnAlertMessage, NextActionMessage
 
 
@@ -90,25 +92,90 @@ def test_outputs_follow_the_published_contract(runner: ModelRunner) -> None:
     assert alert.kind == "alert" and alert.prediction_id != messages[0].prediction_id
 
 
-def test_running_only_the_real_steps_equals_the_full_window(runner: ModelRunner, tiny_registry: Path) -> None:
-    """Length buckets are exact: the masked LSTM over the last L steps gives what the saved
-    model gives over the whole pre-padded window."""
-    from training.registry import load_model
-
-    saved, _ = load_model((tiny_registry / "CURRENT").resolve())
-    rng = np.random.default_rng(3)
-    n, window, spec = 300, runner.spec.window, runner.spec
+def random_windows(spec: FeatureSpec, n: int, seed: int) -> dict[str, np.ndarray]:
+    """Pre-padded windows of every length from 1 to the window, random tokens and features."""
+    rng = np.random.default_rng(seed)
+    window = spec.window
     lengths = rng.integers(1, window + 1, size=n)
     real = np.arange(window)[None, :] >= (window - lengths)[:, None]
     tokens = np.where(real, rng.integers(FIRST_TOKEN, spec.vocab_size, size=(n, window)), 0).astype(np.int32)
-    steps = np.where(real[:, :, None], rng.random((n, window, runner.model.inputs[1].shape[-1])), 0).astype(np.float32)
-    context = rng.random((n, spec.n_context)).astype(np.float32)
-    inputs = {"tokens": tokens, "steps": steps, "context": context}
+    steps = np.where(real[:, :, None], rng.random((n, window, N_STEP_FEATURES)), 0).astype(np.float32)
+    return {"tokens": tokens, "steps": steps, "context": rng.random((n, spec.n_context)).astype(np.float32)}
+
+
+@pytest.mark.parametrize("path", ["ragged", "length groups"])
+def test_running_only_the_real_steps_equals_the_full_window(
+    runner: ModelRunner, tiny_registry: Path, path: str
+) -> None:
+    """Both serving paths are exact: the ragged LSTM (each row over its real steps) and the
+    length groups (the masked LSTM over the last L steps) give what the saved model gives over
+    the whole pre-padded window."""
+    from training.registry import load_model
+
+    saved, _ = load_model((tiny_registry / "CURRENT").resolve())
+    inputs = random_windows(runner.spec, 300, seed=3)
+    assert runner.path == "ragged", "the CPU default"
+    if path == "length groups":
+        runner = copy.copy(runner)
+        runner._ragged = None
     proba, risk = runner.infer(inputs)
     expected = saved(inputs, training=False)
-    assert len(np.unique(np.searchsorted(runner.lengths, lengths))) == len(runner.lengths), "every group is used"
+    lengths = np.count_nonzero(inputs["tokens"], axis=1)
+    assert len(np.unique(np.searchsorted(runner.lengths, lengths))) == len(runner.lengths), "every length is used"
     assert np.abs(proba - np.asarray(expected["next"])).max() < 1e-5
     assert np.abs(risk - np.asarray(expected["churn"]).reshape(-1)).max() < 1e-5
+
+
+@pytest.mark.parametrize("path", ["ragged", "length groups"])
+def test_a_row_scores_the_same_alone_and_in_any_batch(runner: ModelRunner, path: str) -> None:
+    """A replay batches the same events differently: a row's result may move by float rounding
+    (the matrix kernels block by batch size) but stays far inside design.md's 1e-5."""
+    from consumer.harness import PROBABILITY_TOLERANCE
+
+    if path == "length groups":
+        runner = copy.copy(runner)
+        runner._ragged = None
+    inputs = random_windows(runner.spec, 400, seed=11)
+    proba_all, risk_all = runner.infer(inputs)
+    rng = np.random.default_rng(12)
+    gap = 0.0
+    for size in (1, 2, 7, 33, 129, 257):
+        rows = rng.choice(400, size=size, replace=False)
+        proba, risk = runner.infer({k: v[rows] for k, v in inputs.items()})
+        gap = max(gap, float(np.abs(proba - proba_all[rows]).max()), float(np.abs(risk - risk_all[rows]).max()))
+    assert gap < PROBABILITY_TOLERANCE / 10
+
+
+def test_the_ragged_lstm_equals_keras_for_stacked_layers_and_profiles() -> None:
+    """Two LSTM layers, profile context, rows of every length, a window narrower than the
+    longest trace, and an empty batch row: the ragged path against the Keras graph."""
+    from training.model import ModelConfig, build_models
+
+    spec = FeatureSpec(window=12, level="coarse", vocabulary=("a", "b", "c", "d"), gap_scale=3.0,
+                       tenure_scale=6.0, count_scale=4.0, use_profile=True)
+    _, model = build_models(spec, ModelConfig(units=16, layers=2, embedding_dim=8, dense_units=8), window=None)
+    assert unsupported(model) is None
+    forward = RaggedForward(model, (4, 8, spec.window))
+    inputs = random_windows(spec, 200, seed=5)
+    inputs["tokens"][0] = 0  # no event at all: zero state, like the masked LSTM
+    inputs["steps"][0] = 0.0
+    proba, risk = forward(inputs)
+    expected = model(inputs, training=False)
+    assert np.abs(proba - np.asarray(expected["next"])).max() < 1e-5
+    assert np.abs(risk - np.asarray(expected["churn"]).reshape(-1)).max() < 1e-5
+    short = {"tokens": inputs["tokens"][:, -3:], "steps": inputs["steps"][:, -3:], "context": inputs["context"]}
+    short["tokens"] = np.maximum(short["tokens"], FIRST_TOKEN)  # 3 real steps each: the 4-step trace, left-padded
+    proba_short, _ = forward(short)
+    assert np.abs(proba_short - np.asarray(model(short, training=False)["next"])).max() < 1e-5
+
+
+def test_a_model_the_ragged_path_does_not_describe_is_served_by_keras() -> None:
+    import keras
+
+    tokens = keras.Input((None,), dtype="int32", name="tokens")
+    x = keras.layers.Embedding(5, 4, name="embedding")(tokens)
+    out = keras.layers.LSTM(4, activation="relu", return_sequences=True, name="lstm_0")(x)
+    assert unsupported(keras.Model(tokens, out)) == "lstm_0: activations other than tanh/sigmoid"
 
 
 @pytest.mark.parametrize(
