@@ -285,7 +285,8 @@ class StateStore:
         packed["tag"] = batch.tag
         head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
         undo = "1" if self.keeps_undo else ""
-        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo]
+        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo,
+                len(customers)]
         return customers, customer_index, keys, args
 
     @staticmethod

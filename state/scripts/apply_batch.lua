@@ -10,11 +10,16 @@
 --       churn risk, prediction ts), 9 key prefix, 10 silence marks: packed '<I' seconds,
 --       ascending (empty: silence is not tracked), 11 clocks: packed '<II' (partition, event
 --       time the partition's clock moves to, at least), 12 undo: '1' keeps, with a 'w' write,
---       an undo record per partition it touches (exactly-once serving; see below), else ''.
+--       an undo record per partition it touches (exactly-once serving; see below), else '',
+--       13 the number of customers with events in this batch (KEYS beyond them: customers
+--       scored for their silence, in 'w' mode, whose only change is their alert state).
 --       Packed, the batch is a few arguments instead of 7n (no per-field parsing in the
 --       client or the server). Updates are applied in 'w' mode only, in the same atomic call
 --       as the events, so a client killed mid-send never leaves a window without its alert
 --       and prediction state.
+--       A silence-scored customer did nothing: its update overwrites the header's alert and
+--       prediction fields in place (SETRANGE), which neither extends its retention nor brings
+--       back a window that expired since the read.
 --       mode: 'r' computes and replies without writing (the scorer scores from this, and
 --       writes only after the outputs are acknowledged), 'w' writes and replies 0, 'rw' both.
 --       The same batch gives the same result in every mode, so 'r' then 'w' equals 'rw'.
@@ -55,8 +60,10 @@ local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(A
 local n_updates = tonumber(ARGV[6])
 local EVENTS, UPDATES, PREFIX, MARKS, CLOCKS = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
 local keeps_undo = ARGV[12] == '1'
+local n_own = tonumber(ARGV[13])
 local EV, UPD = 32, 28
 local ncust = #KEYS / 2
+local ALERT_AT, ALERT_FIELDS = 20, '<IIIIfI'  -- the header's alert and prediction fields
 local clock_key = PREFIX .. ':clock'
 
 local function quiet_key(partition) return PREFIX .. ':quiet:' .. partition end
@@ -84,7 +91,8 @@ end
 local state, index_of, keys, raw_of = {}, {}, {}, {}
 for i = 1, ncust do
   keys[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
-  raw_of[i] = redis.call('GET', KEYS[2 * i - 1])
+  -- a silence-scored customer's window is read only to keep it for an undo
+  if i <= n_own or keeps_undo then raw_of[i] = redis.call('GET', KEYS[2 * i - 1]) end
   state[i] = load(raw_of[i])
   index_of[KEYS[2 * i - 1]] = i
 end
@@ -189,11 +197,18 @@ if #marks > 0 and replies then
 end
 
 if writes then
+  -- silence-scored customers: index -> packed alert fields, and the indexes in update order
+  local alert_only, alert_order = {}, {}
   for k = 1, n_updates do
     local ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts = struct.unpack('<IIIIIfI', UPDATES, (k - 1) * UPD + 1)
-    local s = state[ci]
-    s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
-    s.dirty = true
+    if ci > n_own then
+      if not alert_only[ci] then alert_order[#alert_order + 1] = ci end
+      alert_only[ci] = struct.pack(ALERT_FIELDS, alert_ts, flags, nba_ts, pred_code, pred_risk, pred_ts)
+    else
+      local s = state[ci]
+      s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
+      s.dirty = true
+    end
   end
   -- what this write replaces, per partition, before anything is replaced
   local undo, ends = {}, {}
@@ -210,7 +225,7 @@ if writes then
     end
     for i = 1, ncust do
       local s = state[i]
-      if s.dirty then
+      if s.dirty or (alert_only[i] and raw_of[i]) then
         local u = undo_of(s.partition)
         u['w:' .. keys[i][1]] = raw_of[i] or ''
         if s.grew and #marks > 0 then
@@ -257,6 +272,12 @@ if writes then
         redis.call('ZADD', quiet_key(s.partition), rec_ts(keep, #keep / REC), customer_of(keys[i][1]))
       end
     end
+  end
+  for _, ci in ipairs(alert_order) do
+    -- with an undo record the window was read above; else one EXISTS instead of a read
+    local present
+    if keeps_undo then present = raw_of[ci] else present = redis.call('EXISTS', keys[ci][1]) == 1 end
+    if present then redis.call('SETRANGE', keys[ci][1], ALERT_AT, alert_only[ci]) end
   end
   for _, clock in ipairs(clocks) do
     redis.call('HSET', clock_key, clock[1], clock[3])

@@ -15,6 +15,7 @@ from state.store import (
     LATE_INSERTED,
     REPLAY,
     STORED_HEADER_BYTES,
+    STORED_HEADER_DTYPE,
     TOO_LATE,
     UPDATE_ARG_DTYPE,
     AppliedBatch,
@@ -249,6 +250,34 @@ def test_silences_come_due_as_the_partition_clock_passes_their_marks(store: Stat
             store.client.delete(key)
 
 
+def test_a_silence_score_writes_the_alert_state_only(store: StateStore, unique: str) -> None:
+    """A customer scored for silence did nothing: the write sets its alert and prediction
+    fields, but neither extends its retention nor brings back a window that expired."""
+    quiet = StateStore(store.client, f"h{unique}", 6, 2 * DAY, 3600, silence_marks=(10 * DAY,))
+    try:
+        quiet.apply(batch([("a", 0, T0, "A", "e0"), ("b", 1, T0, "B", "e1")]))
+        quiet.client.expire(quiet.window_key("a"), 100)  # its retention clock has partly run
+        before = quiet.raw_value("a")
+        seen, pending = quiet.preview(batch([("c", 2, T0 + 12 * DAY, "C", "e2")]))
+        assert seen.customers == ["c", "a", "b"], "a and b are due"
+        quiet.client.delete(quiet.window_key("b"))  # b expires between the read and the write
+        pending.set_updates(alerts([0, 1, 2], [False, True, True], [0, T0 + 12 * DAY, T0 + 12 * DAY]))
+        quiet.write(pending)
+        after = quiet.raw_value("a")
+        assert before is not None and after is not None
+        head_before, head_after = (np.frombuffer(v[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE) for v in (before, after))
+        assert head_after["alert_ts"][0] == T0 + 12 * DAY and head_after["flags"][0] == 1
+        history = ("offset", "partition", "count", "first_ts")
+        assert [head_after[f][0] for f in history] == [head_before[f][0] for f in history]
+        assert after[STORED_HEADER_BYTES:] == before[STORED_HEADER_BYTES:]
+        assert 0 < quiet.client.ttl(quiet.window_key("a")) <= 100, "silence is not activity: no new retention"
+        assert not quiet.client.exists(quiet.window_key("b")), "no window made of alert state alone"
+        assert quiet.client.ttl(quiet.window_key("c")) > 3000, "c's own event wrote its window"
+    finally:
+        for key in store.client.scan_iter(f"h{unique}:*"):
+            store.client.delete(key)
+
+
 def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, object]:
     """Every key but the undo records, with its value (strings, sorted sets, hashes)."""
     out: dict[bytes, object] = {}
@@ -273,10 +302,11 @@ def test_a_write_whose_transaction_never_committed_is_rolled_back_whole(store: S
         later = batch([("a", 2, T0 + 40 * DAY, "A", "e2"), ("d", 3, T0 + 40 * DAY, "D", "e3")])
         applied, pending = undoing.preview(later)
         assert applied.due.size == 4, "a and b pass both marks; b leaves the sorted set"
-        pending.set_updates(alerts([0], [True], [T0 + 40 * DAY]))
+        assert applied.customers[2] == "b", "due, and scored for its silence alone"
+        pending.set_updates(alerts([0, 2], [True, True], [T0 + 40 * DAY, T0 + 40 * DAY]))
         undoing.write(pending)
         assert _snapshot(store.client, prefix) != before
-        assert undoing.rollback(0, committed_offset=2) == 2, "a's and d's windows restored"
+        assert undoing.rollback(0, committed_offset=2) == 3, "a's and d's windows and b's alert state restored"
         assert _snapshot(store.client, prefix) == before, "windows, sorted set, clock: as before the write"
         assert undoing.rollback(0, committed_offset=2) == -1, "the undo record is used once"
         # the same write committed: a member given the partition keeps it
