@@ -264,10 +264,12 @@ class Bench:
             "n": float(len(delays)),
         }
 
-    def baseline(self, records: list[tuple[bytes, bytes]], runner: Any) -> float:
+    def baseline(self, records: list[tuple[bytes, bytes]], runner: Any, tag: str) -> float:
+        """One per-event run on topics, a group and state of its own (`tag`): a repeat on the
+        same ones would meet its events again as duplicates."""
         from consumer.baseline import run_baseline
 
-        phase = self.phase("baseline")
+        phase = self.phase(tag)
         send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
         note(f"[baseline] one event at a time: {len(records) - BASELINE_WARMUP:,} events, "
              f"at most {self.options.baseline_seconds:.0f}s ...")
@@ -303,7 +305,8 @@ class Bench:
         from confluent_kafka.admin import AdminClient
 
         admin = AdminClient(self.settings.kafka_config())
-        names = [name for phase in self.phases for name in phase.settings.topics.names()]
+        # each name once: a deletion naming a topic twice left those topics behind
+        names = list(dict.fromkeys(name for phase in self.phases for name in phase.settings.topics.names()))
         if not names:
             return
         for future in admin.delete_topics(names, operation_timeout=30).values():
@@ -381,7 +384,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
         throughput = statistics.median(r["eps"] for r in runs)
         per_customer, full_window = bench.redis_bytes(middle["prefix"], max(settings.state.window, runner.spec.window))
         baseline_sample = records[: BASELINE_EVENTS + BASELINE_WARMUP]
-        baselines = [bench.baseline(baseline_sample, runner) for _ in range(options.repeat)]
+        baselines = [bench.baseline(baseline_sample, runner, f"baseline{i}") for i in range(options.repeat)]
         baseline = statistics.median(baselines)
         rate = options.rate or throughput / 2
         latency = bench.latency(rate, bench.records(int(rate * (options.latency_seconds + 5)), options.seed + 2))

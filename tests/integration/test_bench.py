@@ -21,13 +21,14 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     result = subprocess.run(
         [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "6000",
          "--customers", "300", "--latency-seconds", "3", "--baseline-seconds", "2", "--rate", "400",
-         "--instances", "2", "--exactly-once", "--json", str(out)],
+         "--instances", "2", "--exactly-once", "--repeat", "2", "--json", str(out)],
         env=os.environ | test_env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     figures = json.loads(out.read_text())
     assert figures["throughput_eps"] > 0 and figures["baseline_eps"] > 0
+    assert len(figures["throughput_runs_eps"]) == 2
     assert figures["speedup"] == pytest.approx(figures["throughput_eps"] / figures["baseline_eps"], rel=1e-2)
     latency = figures["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
@@ -45,4 +46,5 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     assert "throughput" in result.stdout and "exactly-once" in result.stdout and "targets" in result.stdout
     (run_id,) = [p.name for p in (tmp_path / "data" / "bench").iterdir()]
     admin = AdminClient({"bootstrap.servers": test_env["SEQSCORE_KAFKA_BOOTSTRAP"]})
+    # every repeat's phases included: a repeated run has topics, a group and state of its own
     assert not [t for t in admin.list_topics(timeout=10).topics if t.startswith(f"bench-{run_id}")], "deleted"
