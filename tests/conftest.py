@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -73,13 +74,28 @@ def names_of(unique: str, group: str, prefix: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """SEQSCORE_* variables pointing at the stack with topic names and prefix of this test only."""
+def test_env(stack: dict[str, str], unique: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, str]]:
+    """SEQSCORE_* variables pointing at the stack with topic names and prefix of this test only;
+    afterwards its topics are deleted, so that a stack reused run after run stays small."""
     env = {"SEQSCORE_KAFKA_BOOTSTRAP": stack["kafka"], "SEQSCORE_REDIS_URL": stack["redis"],
            **names_of(unique, group=f"seqscore-{unique}", prefix=f"t{unique}")}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    return env
+    yield env
+    _delete_topics_named_with(stack["kafka"], unique)
+
+
+def _delete_topics_named_with(bootstrap: str, unique: str) -> None:
+    """Best effort: a topic left behind costs the broker metadata, not a test's result."""
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    try:
+        names = sorted(t for t in admin.list_topics(timeout=10).topics if unique in t)
+        for future in admin.delete_topics(names, operation_timeout=30).values() if names else ():
+            future.result(timeout=60)
+    except Exception as exc:  # reported, never failing the test it follows
+        warnings.warn(f"test topics of {unique} not deleted: {exc}", stacklevel=1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
