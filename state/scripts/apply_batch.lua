@@ -88,11 +88,27 @@ local function load(raw)
   return s
 end
 
+-- Values of many keys in few calls: a redis.call costs more than the GET it runs. Missing
+-- keys come back as nil. Chunked, as unpack is bounded by Lua's C stack.
+local MGET_CHUNK = 1000
+local function mget(names)
+  local values = {}
+  for from = 1, #names, MGET_CHUNK do
+    local upto = math.min(from + MGET_CHUNK - 1, #names)
+    local got = redis.call('MGET', unpack(names, from, upto))
+    for j = 1, upto - from + 1 do values[from + j - 1] = got[j] or nil end
+  end
+  return values
+end
+
 local state, index_of, keys, raw_of = {}, {}, {}, {}
+-- a silence-scored customer's window is read only to keep it for an undo
+local n_read = keeps_undo and ncust or n_own
+local window_names = {}
+for i = 1, n_read do window_names[i] = KEYS[2 * i - 1] end
+raw_of = mget(window_names)
 for i = 1, ncust do
   keys[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
-  -- a silence-scored customer's window is read only to keep it for an undo
-  if i <= n_own or keeps_undo then raw_of[i] = redis.call('GET', KEYS[2 * i - 1]) end
   state[i] = load(raw_of[i])
   index_of[KEYS[2 * i - 1]] = i
 end
@@ -167,7 +183,7 @@ end
 
 -- due: customers whose last event + a mark falls inside the clock's move (found before this
 -- call's writes, so 'rw' answers as 'r' does)
-local due, due_names = {}, {}
+local due, due_names, due_found, n_first = {}, {}, {}, ncust
 if #marks > 0 and replies then
   for _, clock in ipairs(clocks) do
     local partition, c0, c1 = clock[1], clock[2], clock[3]
@@ -183,16 +199,23 @@ if #marks > 0 and replies then
             ci = ncust
             index_of[key] = ci
             keys[ci] = {key, profile_key(found[j])}
-            raw_of[ci] = redis.call('GET', key)
-            state[ci] = load(raw_of[ci])
             due_names[#due_names + 1] = found[j]
           end
-          if state[ci].count > 0 then
-            due[#due + 1] = struct.pack('<IIII', ci, partition, tonumber(found[j + 1]), mark)
-          end
+          due_found[#due_found + 1] = {ci, partition, tonumber(found[j + 1]), mark}
         end
       end
     end
+  end
+  -- the customers found only here: their windows in one read
+  local new_names = {}
+  for k = 1, #due_names do new_names[k] = keys[n_first + k][1] end
+  local new_raws = mget(new_names)
+  for k = 1, #due_names do
+    raw_of[n_first + k] = new_raws[k]
+    state[n_first + k] = load(new_raws[k])
+  end
+  for _, d in ipairs(due_found) do
+    if state[d[1]].count > 0 then due[#due + 1] = struct.pack('<IIII', d[1], d[2], d[3], d[4]) end
   end
 end
 
@@ -258,6 +281,7 @@ if writes then
       redis.call('EXPIRE', key, ttl)
     end
   end
+  local quiet_of = {}  -- partition -> score, member, ...: one ZADD per partition
   for i = 1, ncust do
     local s = state[i]
     if s.dirty then
@@ -269,8 +293,16 @@ if writes then
       redis.call('SET', keys[i][1], header .. keep, 'EX', ttl)
       redis.call('EXPIRE', keys[i][2], ttl)
       if s.grew and #marks > 0 then
-        redis.call('ZADD', quiet_key(s.partition), rec_ts(keep, #keep / REC), customer_of(keys[i][1]))
+        local members = quiet_of[s.partition]
+        if not members then members = {}; quiet_of[s.partition] = members end
+        members[#members + 1] = rec_ts(keep, #keep / REC)
+        members[#members + 1] = customer_of(keys[i][1])
       end
+    end
+  end
+  for partition, members in pairs(quiet_of) do
+    for from = 1, #members, 2 * MGET_CHUNK do
+      redis.call('ZADD', quiet_key(partition), unpack(members, from, math.min(from + 2 * MGET_CHUNK - 1, #members)))
     end
   end
   for _, ci in ipairs(alert_order) do
@@ -288,13 +320,15 @@ if writes then
 end
 if not replies then return 0 end
 
-local headers, records, profiles = {}, {}, {}
+local headers, records, profiles, profile_names = {}, {}, {}, {}
+for i = 1, ncust do profile_names[i] = keys[i][2] end
+local profile_values = mget(profile_names)
 for i = 1, ncust do
   local s = state[i]
   headers[i] = struct.pack('<dIIIIIIIIfI', s.offset, s.partition, #s.recs / REC, s.first, s.alert_ts, s.flags,
     s.count, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts)
   records[i] = s.recs
-  profiles[i] = redis.call('GET', keys[i][2]) or '\255\255'
+  profiles[i] = profile_values[i] or '\255\255'
 end
 
 local positions = {}
