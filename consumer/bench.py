@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import event_values, send
 from consumer.settings import Settings
@@ -239,14 +240,16 @@ class Bench:
         note(f"[{tag}] steady state {eps:,.0f} events/s")
         return result
 
-    def latency(self, rate: float, records: list[tuple[bytes, bytes]]) -> dict[str, float]:
+    def latency(self, rate: float, records: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         phase = self.phase("latency")
         seconds = self.options.latency_seconds
         note(f"[latency] producing at {rate:,.0f} events/s for {seconds:.0f}s ...")
         with running(phase.env, self.registry, self.workdir / "latency.log") as scorer:
             scorer.wait_ready(timeout=300)
+            meter = CpuMeter(self.stack_pids(scorer)).start()
             sent, took = send(records, phase.settings.topics.events, self.settings.kafka_config(), rate=rate,
                               progress=False, deadline_s=seconds)
+            cpu = meter.cores()
             outputs = read_topic(self.settings.kafka_config(), phase.settings.topics.next_actions, sent)
             scorer.stop()
         inputs = read_topic(self.settings.kafka_config(), phase.settings.topics.events, sent)
@@ -256,12 +259,27 @@ class Bench:
             dtype=np.float64,
         )
         return {
+            "cpu_cores": cpu,
             "offered_eps": sent / took,
             "p50": float(np.percentile(delays, 50)),
             "p95": float(np.percentile(delays, 95)),
             "p99": float(np.percentile(delays, 99)),
             "max": float(delays.max()),
             "n": float(len(delays)),
+        }
+
+    def stack_pids(self, scorer: ScorerProcess) -> dict[str, int | None]:
+        """The processes sharing the cores in the latency phase: the scorer, the load generator
+        (this process), and the broker and Redis where they run on this machine."""
+        import redis
+
+        redis_pid = int(redis.Redis.from_url(self.settings.redis_url).info("server").get("process_id", 0))
+        local = redis_pid and process_cpu_seconds(redis_pid) is not None
+        return {
+            "scorer": scorer.process.pid if scorer.process is not None else None,
+            "broker": find_pid("kafka.Kafka"),
+            "redis": redis_pid if local else None,
+            "load generator": os.getpid(),
         }
 
     def baseline(self, records: list[tuple[bytes, bytes]], runner: Any, tag: str) -> float:
@@ -398,6 +416,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "latency_ms": {k: round(latency[k], 1) for k in ("p50", "p95", "p99", "max")},
             "latency_outputs": int(latency["n"]),
             "offered_eps": round(latency["offered_eps"], 1),
+            "latency_cpu_cores": latency["cpu_cores"],
             "stage_share": middle["stage_share"],
             "infer_sps_by_batch": inference_alone(runner, sample),
             "infer_device": runner.device,
@@ -455,6 +474,8 @@ def table(r: dict[str, Any]) -> str:
         f"speedup          {r['speedup']:>10.1f}x",
         f"latency          p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f} ms"
         f"  at {r['offered_eps']:,.0f} events/s ({r['latency_outputs']:,} outputs)",
+        "latency cpu      " + "  ".join(f"{k} {v:.2f}" for k, v in r["latency_cpu_cores"].items() if k != "machine")
+        + f"  cores; the machine {r['latency_cpu_cores'].get('machine', float('nan')):.2f} of {machine['cores']} busy",
         "stage share      " + "  ".join(f"{k} {v:.0%}" for k, v in sorted(shares, key=lambda kv: -kv[1])),
         f"inference ({r['infer_device']})  "
         + "  ".join(f"{b}: {v['sps']:,.0f}/s ({v['ms_per_batch']:.1f} ms)" for b, v in r["infer_sps_by_batch"].items()),

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 
 from consumer.bench import TARGETS, steady_state, table
+from consumer.cpu import CpuMeter
 from consumer.watch import Scrape
 
 
@@ -39,7 +43,8 @@ def figures(**overrides: object) -> dict[str, object]:
     result: dict[str, object] = {
         "throughput_eps": 12_000.0, "throughput_runs_eps": [12_000.0], "baseline_eps": 200.0, "speedup": 60.0,
         "latency_ms": {"p50": 40.0, "p95": 90.0, "p99": 120.0, "max": 300.0}, "latency_outputs": 1000,
-        "offered_eps": 6000.0, "stage_share": {"infer": 0.5, "state": 0.5}, "infer_device": "CPU",
+        "offered_eps": 6000.0, "latency_cpu_cores": {"scorer": 0.61, "broker": 0.55, "machine": 1.7},
+        "stage_share": {"infer": 0.5, "state": 0.5}, "infer_device": "CPU",
         "infer_sps_by_batch": {"1": {"sps": 500.0, "ms_per_batch": 2.0}}, "redis_bytes_per_customer": 300.0,
         "redis_bytes_full_window": 968.0, "rss_mb": 900.0, "events": 1000, "customers": 100, "window": 50,
         "model_units": 64, "max_batch": 1024, "repeat": 1,
@@ -53,7 +58,18 @@ def test_report_names_every_figure_and_judges_each_target() -> None:
     text = table(figures(instances={"count": 2, "throughput_eps": 9000.0, "missing": 0, "duplicated": 0}))
     assert "12,000 events/s" in text and "60.0x" in text and "p99 120" in text and "968 B" in text
     assert "2 instances" in text and "missing 0" in text
+    assert "scorer 0.61  broker 0.55  cores; the machine 1.70 of 2 busy" in text
     assert text.count("met    ") == len(TARGETS)
     slow = table(figures(throughput_eps=5000.0, speedup=20.0, latency_ms={"p50": 1, "p95": 2, "p99": 400, "max": 5},
                          redis_bytes_full_window=1100.0))
     assert slow.count("not met") == len(TARGETS)
+
+
+def test_cpu_meter_counts_the_cores_a_process_used_and_leaves_out_unknown_ones() -> None:
+    meter = CpuMeter({"me": os.getpid(), "gone": 2**22 + 1, "unknown": None}).start()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:  # one core busy
+        pass
+    cores = meter.cores()
+    assert set(cores) == {"me", "machine"}
+    assert 0.5 < cores["me"] <= 1.2 and cores["machine"] >= cores["me"] - 0.1
