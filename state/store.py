@@ -9,12 +9,14 @@ Cluster slot):
     {prefix}:quiet:P    sorted set: customers of events partition P by last event time,
                         while younger than the last silence mark
     {prefix}:clock      hash: events partition -> its event-time clock (epoch seconds)
+    {prefix}:version    hash: events partition -> a counter every write of its state moves
 
 State is raw (event time, activity codes, an event_id tag), never model tokens, so a new
 vocabulary or window needs no migration. One EVALSHA applies a batch idempotently: replayed
 offsets change nothing, repeated event_ids are ignored, late events are inserted in event
-time order. The call spans many slots, so it needs a single Redis (or one call per Cluster
-node, grouping customers by slot).
+time order. A write stores the windows its preview computed, unless something else wrote
+the batch's partitions in between: then it applies the events again. The call spans many
+slots, so it needs a single Redis (or one call per Cluster node, grouping customers by slot).
 """
 
 from __future__ import annotations
@@ -73,7 +75,9 @@ UPDATE_ARG_DTYPE = np.dtype(
      ("pred_risk", "<f4"), ("pred_ts", "<u4")]
 )
 DUE_DTYPE = np.dtype([("customer", "<u4"), ("partition", "<u4"), ("last_ts", "<u4"), ("mark", "<u4")])
-CLOCK_DTYPE = np.dtype([("partition", "<u4"), ("c0", "<u4"), ("c1", "<u4")])
+CLOCK_DTYPE = np.dtype([("partition", "<u4"), ("c0", "<u4"), ("c1", "<u4"), ("version", "<f8")])
+PRECOMPUTED_DTYPE = np.dtype([("length", "<u4"), ("last_ts", "<u4"), ("partition", "<u4")])
+VERSION_ARG_DTYPE = np.dtype([("partition", "<u4"), ("version", "<f8")])
 FLAG_ALERTED = 1
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
@@ -169,10 +173,16 @@ class PendingWrite:
     the batch's outputs are acknowledged: a crash before that replays the batch against
     unchanged state (same windows, same predictions), and a replay of a stored batch means
     its outputs were delivered, so it needs no window. Per-customer updates (alert state,
-    next-action cap, the latest prediction) travel in the same atomic script call."""
+    next-action cap, the latest prediction) travel in the same atomic script call.
+
+    With `read` (the preview's reply) the call also carries the windows computed from it, which
+    Redis stores as they are when nothing else wrote the batch's partitions in between."""
 
     keys: list[str]
     args: list[int | str | bytes]  # the script's arguments for this batch, mode 'w', no updates yet
+    read: AppliedBatch | None = None
+    capacity: int = 0
+    updates: NDArray[np.void] | None = None
 
     def set_updates(self, updates: NDArray[np.void]) -> None:
         """Header fields per customer (UPDATE_ARG_DTYPE; `customer` = 0-based index in the
@@ -181,6 +191,59 @@ class PendingWrite:
         packed["customer"] += 1
         self.args[5] = len(packed)
         self.args[7] = packed.tobytes()
+        self.updates = packed
+
+    def script_args(self) -> list[int | str | bytes]:
+        if self.read is None:
+            return self.args
+        n_own = int(self.args[12])
+        return [*self.args, *precomputed_write(self.read, n_own, self.updates, self.capacity)]
+
+
+def precomputed_write(
+    read: AppliedBatch, n_own: int, updates: NDArray[np.void] | None, capacity: int
+) -> tuple[bytes, bytes, bytes]:
+    """What a 'w' call stores for the batch's own customers, from the preview's reply (see
+    apply_batch.lua, "Precomputed write"): the new window values concatenated; per customer
+    the value's length (0: unchanged), its last event time when it grew (for the quiet set)
+    and its partition; and the version of each partition the reply was read at."""
+    customer, status = read.customer_index, read.status
+    changed = np.bincount(customer[status != REPLAY], minlength=n_own)[:n_own] > 0
+    grew = np.bincount(customer[(status == APPLIED) | (status == LATE_INSERTED)], minlength=n_own)[:n_own] > 0
+    heads = read.headers[:n_own]
+    stored = np.zeros(n_own, STORED_HEADER_DTYPE)
+    for name in STORED_HEADER_DTYPE.names or ():
+        stored[name] = heads[name]
+    if updates is not None:
+        own = updates[updates["customer"] <= n_own]  # 1-based; beyond n_own: silence-scored
+        rows = own["customer"].astype(np.int64) - 1
+        for name in ("flags", "alert_ts", "nba_ts", "pred_code", "pred_risk", "pred_ts"):
+            stored[name][rows] = own[name]
+        changed[rows] = True
+    n_records = heads["n_records"].astype(np.int64)
+    kept = np.minimum(n_records, capacity)
+    first_kept = read.record_start[:n_own] + n_records - kept
+    meta = np.zeros(n_own, PRECOMPUTED_DTYPE)
+    meta["partition"] = heads["partition"]
+    last = first_kept + kept - 1
+    has_last = grew & (kept > 0)
+    meta["last_ts"][has_last] = read.records["ts"][last[has_last]]
+
+    rows = np.flatnonzero(changed)
+    k = kept[rows]
+    sizes = STORED_HEADER_BYTES + RECORD_DTYPE.itemsize * k
+    meta["length"][rows] = sizes
+    starts = np.cumsum(sizes) - sizes
+    values = np.empty(int(sizes.sum()), np.uint8)
+    values[(starts[:, None] + np.arange(STORED_HEADER_BYTES)).ravel()] = stored[rows].view(np.uint8)
+    within = np.arange(int(k.sum())) - np.repeat(np.cumsum(k) - k, k)  # each record's place in its window
+    record_at = np.repeat(starts + STORED_HEADER_BYTES, k) + RECORD_DTYPE.itemsize * within
+    values[(record_at[:, None] + np.arange(RECORD_DTYPE.itemsize)).ravel()] = (
+        read.records[np.repeat(first_kept[rows], k) + within].view(np.uint8)
+    )
+    versions = np.zeros(len(read.clocks), VERSION_ARG_DTYPE)
+    versions["partition"], versions["version"] = read.clocks["partition"], read.clocks["version"]
+    return values.tobytes(), meta.tobytes(), versions.tobytes()
 
 
 class StateStore:
@@ -244,14 +307,18 @@ class StateStore:
         write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
         write_args = list(args)
         write_args[4] = "w"
-        return applied, PendingWrite(write_keys, write_args)
+        # with undo records the write reads what it replaces anyway: it applies the events
+        read = None if self.keeps_undo else applied
+        return applied, PendingWrite(write_keys, write_args, read, self.capacity)
 
-    def write(self, pending: PendingWrite) -> None:
-        """Store a previewed batch (idempotent: storing it twice changes nothing)."""
-        self._execute(lambda pipe: self._queue_write(pipe, pending))
+    def write(self, pending: PendingWrite) -> bool:
+        """Store a previewed batch (idempotent: storing it twice changes nothing). True when the
+        windows the preview computed were stored as they are, False when the events were
+        applied again (another writer touched the partitions, or undo records are kept)."""
+        return bool(self._execute(lambda pipe: self._queue_write(pipe, pending))[0] == 1)
 
     def _queue_write(self, pipe: Pipeline, pending: PendingWrite) -> None:
-        pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.args)
+        pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.script_args())
 
     def _execute(self, queue: Callable[[Pipeline], None]) -> list[Any]:
         """One round trip; loads the scripts once if this Redis has not seen them (restart)."""
@@ -342,6 +409,8 @@ class StateStore:
         if raw is not None:
             partition = int(np.frombuffer(raw[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["partition"][0])
             pipe.zrem(self.quiet_key(partition), customer_id)
+            # a write: a pending write of the partition applies its events again, not what it read
+            pipe.hincrby(f"{self.prefix}:version", str(partition), 1)
         return int(pipe.execute()[0])
 
     def rollback(self, partition: int, committed_offset: int) -> int:

@@ -12,7 +12,8 @@
 --       time the partition's clock moves to, at least), 12 undo: '1' keeps, with a 'w' write,
 --       an undo record per partition it touches (exactly-once serving; see below), else '',
 --       13 the number of customers with events in this batch (KEYS beyond them: customers
---       scored for their silence, in 'w' mode, whose only change is their alert state).
+--       scored for their silence, in 'w' mode, whose only change is their alert state),
+--       14-16 optional, 'w' only: the write precomputed from the 'r' reply (see below).
 --       Packed, the batch is a few arguments instead of 7n (no per-field parsing in the
 --       client or the server). Updates are applied in 'w' mode only, in the same atomic call
 --       as the events, so a client killed mid-send never leaves a window without its alert
@@ -21,7 +22,8 @@
 --       prediction fields in place (SETRANGE), which neither extends its retention nor brings
 --       back a window that expired since the read.
 --       mode: 'r' computes and replies without writing (the scorer scores from this, and
---       writes only after the outputs are acknowledged), 'w' writes and replies 0, 'rw' both.
+--       writes only after the outputs are acknowledged), 'w' writes and replies 1 when it
+--       stored a precomputed write, else 0; 'rw' both.
 --       The same batch gives the same result in every mode, so 'r' then 'w' equals 'rw'.
 --
 -- Window value: a 44-byte header (offset as double, partition, count, first ts, alert ts,
@@ -34,6 +36,15 @@
 -- clocks argument, at least c0); a customer is due at mark m when last + m lies in (c0, c1].
 -- Due customers come back with their windows (as extra customers after the batch's own);
 -- the caller decides, from the batch's order, whether they were still silent at the mark.
+--
+-- Precomputed write: {prefix}:version holds a counter per partition that every write touching
+-- the partition moves. An 'r' reply carries the versions it read; the client then computes the
+-- windows that applying the batch stores, and sends them with the 'w' call (ARGV 14: the values
+-- concatenated, 15: per own customer '<III' value length (0: unchanged), last event time for
+-- the quiet set (0: none), partition; 16: '<Id' per partition, the version read). If no write
+-- touched those partitions since the read, storing them equals applying the events again and
+-- skips that work; else (an erasure, a rebuild, a former owner of the partition writing late)
+-- the events are applied again, on what is stored now. Not with undo records.
 --
 -- Undo (exactly-once): {prefix}:undo:{partition} is a hash of what the last write touching the
 -- partition replaced: 'end' (the write's highest offset + 1 there, -1 with no event), 'c' the
@@ -50,7 +61,7 @@
 -- Returns {headers, records, profiles, per-event status/position, due, due names, clocks}:
 -- headers (48 bytes) and profiles (2 bytes) in customer order, records concatenated (count
 -- in each header), 4 bytes per event, due '<IIII' (customer index, partition, last ts, mark),
--- the ids of the extra customers, clocks '<III' (partition, c0, c1).
+-- the ids of the extra customers, clocks '<IIId' (partition, c0, c1, write version).
 
 local HDR, REC = 44, 16
 local TAG_SCAN = 32
@@ -64,7 +75,8 @@ local n_own = tonumber(ARGV[13])
 local EV, UPD = 32, 28
 local ncust = #KEYS / 2
 local ALERT_AT, ALERT_FIELDS = 20, '<IIIIfI'  -- the header's alert and prediction fields
-local clock_key = PREFIX .. ':clock'
+local clock_key, version_key = PREFIX .. ':clock', PREFIX .. ':version'
+local PRE_VALUES, PRE_META, PRE_VERSIONS = ARGV[14] or '', ARGV[15] or '', ARGV[16] or ''
 
 local function quiet_key(partition) return PREFIX .. ':quiet:' .. partition end
 local function window_key(id) return PREFIX .. ':{c:' .. id .. '}:w' end
@@ -99,6 +111,91 @@ local function mget(names)
     for j = 1, upto - from + 1 do values[from + j - 1] = got[j] or nil end
   end
   return values
+end
+
+-- each partition's clock: from the stored c0 (0 for a partition seen for the first time) to
+-- c1, and the partition's write version (see "Precomputed write")
+local clocks = {}
+for k = 1, #CLOCKS / 8 do
+  local partition, floor = struct.unpack('<II', CLOCKS, (k - 1) * 8 + 1)
+  local stored = tonumber(redis.call('HGET', clock_key, partition)) or 0
+  clocks[k] = {partition, stored, math.max(floor, stored)}
+end
+
+local function note_quiet(quiet_of, partition, last_ts, key)
+  local members = quiet_of[partition]
+  if not members then members = {}; quiet_of[partition] = members end
+  members[#members + 1] = last_ts
+  members[#members + 1] = customer_of(key)
+end
+
+local function add_quiet(quiet_of)  -- partition -> score, member, ...: one ZADD per partition
+  for partition, members in pairs(quiet_of) do
+    for from = 1, #members, 2 * MGET_CHUNK do
+      redis.call('ZADD', quiet_key(partition), unpack(members, from, math.min(from + 2 * MGET_CHUNK - 1, #members)))
+    end
+  end
+end
+
+-- The write's updates: an own customer's go to on_own(ci, fields...); a silence-scored
+-- customer's come back as index -> packed alert fields, with the indexes in update order.
+local function read_updates(on_own)
+  local alert_only, alert_order = {}, {}
+  for k = 1, n_updates do
+    local ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts = struct.unpack('<IIIIIfI', UPDATES, (k - 1) * UPD + 1)
+    if ci > n_own then
+      if not alert_only[ci] then alert_order[#alert_order + 1] = ci end
+      alert_only[ci] = struct.pack(ALERT_FIELDS, alert_ts, flags, nba_ts, pred_code, pred_risk, pred_ts)
+    elseif on_own then
+      on_own(ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts)
+    end
+  end
+  return alert_only, alert_order
+end
+
+-- present_of: index -> the window read before (with an undo record); nil: one EXISTS each
+local function write_alert_only(alert_only, alert_order, present_of)
+  for _, ci in ipairs(alert_order) do
+    local present
+    if present_of then present = present_of[ci] else present = redis.call('EXISTS', KEYS[2 * ci - 1]) == 1 end
+    if present then redis.call('SETRANGE', KEYS[2 * ci - 1], ALERT_AT, alert_only[ci]) end
+  end
+end
+
+local function move_clocks()
+  for _, clock in ipairs(clocks) do
+    redis.call('HSET', clock_key, clock[1], clock[3])
+    if #marks > 0 then  -- past the last mark nobody is due again until they return
+      redis.call('ZREMRANGEBYSCORE', quiet_key(clock[1]), '-inf', '(' .. (clock[3] - marks[#marks]))
+    end
+    redis.call('HINCRBY', version_key, clock[1], 1)  -- every write moves its partitions' versions
+  end
+end
+
+local function unchanged_since_read()
+  if PRE_META == '' or replies or keeps_undo or #PRE_VERSIONS / 12 ~= #clocks then return false end
+  for k = 1, #PRE_VERSIONS / 12 do
+    local partition, version = struct.unpack('<Id', PRE_VERSIONS, (k - 1) * 12 + 1)
+    if (tonumber(redis.call('HGET', version_key, partition)) or 0) ~= version then return false end
+  end
+  return true
+end
+
+if writes and unchanged_since_read() then
+  local quiet_of, at = {}, 1
+  for i = 1, n_own do
+    local len, last_ts, partition = struct.unpack('<III', PRE_META, (i - 1) * 12 + 1)
+    if len > 0 then
+      redis.call('SET', KEYS[2 * i - 1], string.sub(PRE_VALUES, at, at + len - 1), 'EX', ttl)
+      redis.call('EXPIRE', KEYS[2 * i], ttl)
+      at = at + len
+      if last_ts > 0 and #marks > 0 then note_quiet(quiet_of, partition, last_ts, KEYS[2 * i - 1]) end
+    end
+  end
+  add_quiet(quiet_of)
+  write_alert_only(read_updates(nil))
+  move_clocks()
+  return 1
 end
 
 local state, index_of, keys, raw_of = {}, {}, {}, {}
@@ -173,14 +270,6 @@ for e = 1, n do
   end
 end
 
--- each partition's clock: from the stored c0 (0 for a partition seen for the first time) to c1
-local clocks = {}
-for k = 1, #CLOCKS / 8 do
-  local partition, floor = struct.unpack('<II', CLOCKS, (k - 1) * 8 + 1)
-  local stored = tonumber(redis.call('HGET', clock_key, partition)) or 0
-  clocks[k] = {partition, stored, math.max(floor, stored)}
-end
-
 -- due: customers whose last event + a mark falls inside the clock's move (found before this
 -- call's writes, so 'rw' answers as 'r' does)
 local due, due_names, due_found, n_first = {}, {}, {}, ncust
@@ -220,19 +309,11 @@ if #marks > 0 and replies then
 end
 
 if writes then
-  -- silence-scored customers: index -> packed alert fields, and the indexes in update order
-  local alert_only, alert_order = {}, {}
-  for k = 1, n_updates do
-    local ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts = struct.unpack('<IIIIIfI', UPDATES, (k - 1) * UPD + 1)
-    if ci > n_own then
-      if not alert_only[ci] then alert_order[#alert_order + 1] = ci end
-      alert_only[ci] = struct.pack(ALERT_FIELDS, alert_ts, flags, nba_ts, pred_code, pred_risk, pred_ts)
-    else
-      local s = state[ci]
-      s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
-      s.dirty = true
-    end
-  end
+  local alert_only, alert_order = read_updates(function(ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts)
+    local s = state[ci]
+    s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
+    s.dirty = true
+  end)
   -- what this write replaces, per partition, before anything is replaced
   local undo, ends = {}, {}
   local function undo_of(partition)
@@ -281,7 +362,7 @@ if writes then
       redis.call('EXPIRE', key, ttl)
     end
   end
-  local quiet_of = {}  -- partition -> score, member, ...: one ZADD per partition
+  local quiet_of = {}
   for i = 1, ncust do
     local s = state[i]
     if s.dirty then
@@ -292,31 +373,12 @@ if writes then
         s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts)
       redis.call('SET', keys[i][1], header .. keep, 'EX', ttl)
       redis.call('EXPIRE', keys[i][2], ttl)
-      if s.grew and #marks > 0 then
-        local members = quiet_of[s.partition]
-        if not members then members = {}; quiet_of[s.partition] = members end
-        members[#members + 1] = rec_ts(keep, #keep / REC)
-        members[#members + 1] = customer_of(keys[i][1])
-      end
+      if s.grew and #marks > 0 then note_quiet(quiet_of, s.partition, rec_ts(keep, #keep / REC), keys[i][1]) end
     end
   end
-  for partition, members in pairs(quiet_of) do
-    for from = 1, #members, 2 * MGET_CHUNK do
-      redis.call('ZADD', quiet_key(partition), unpack(members, from, math.min(from + 2 * MGET_CHUNK - 1, #members)))
-    end
-  end
-  for _, ci in ipairs(alert_order) do
-    -- with an undo record the window was read above; else one EXISTS instead of a read
-    local present
-    if keeps_undo then present = raw_of[ci] else present = redis.call('EXISTS', keys[ci][1]) == 1 end
-    if present then redis.call('SETRANGE', keys[ci][1], ALERT_AT, alert_only[ci]) end
-  end
-  for _, clock in ipairs(clocks) do
-    redis.call('HSET', clock_key, clock[1], clock[3])
-    if #marks > 0 then  -- past the last mark nobody is due again until they return
-      redis.call('ZREMRANGEBYSCORE', quiet_key(clock[1]), '-inf', '(' .. (clock[3] - marks[#marks]))
-    end
-  end
+  add_quiet(quiet_of)
+  write_alert_only(alert_only, alert_order, keeps_undo and raw_of or nil)
+  move_clocks()
 end
 if not replies then return 0 end
 
@@ -345,7 +407,10 @@ for e = 1, n do
 end
 
 local clock_out = {}
-for k, clock in ipairs(clocks) do clock_out[k] = struct.pack('<III', clock[1], clock[2], clock[3]) end
+for k, clock in ipairs(clocks) do
+  local version = tonumber(redis.call('HGET', version_key, clock[1])) or 0
+  clock_out[k] = struct.pack('<IIId', clock[1], clock[2], clock[3], version)
+end
 
 return {table.concat(headers), table.concat(records), table.concat(profiles), table.concat(positions),
   table.concat(due), due_names, table.concat(clock_out)}

@@ -17,6 +17,7 @@ local stop = tonumber(fields['end'])
 if stop < 0 or committed >= stop then return -1 end
 
 local quiet = PREFIX .. ':quiet:' .. partition
+redis.call('HINCRBY', PREFIX .. ':version', partition, 1)  -- a write: see apply_batch.lua
 local restored = 0
 for field, value in pairs(fields) do
   local kind, name = string.sub(field, 1, 2), string.sub(field, 3)

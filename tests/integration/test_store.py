@@ -20,6 +20,7 @@ from state.store import (
     UPDATE_ARG_DTYPE,
     AppliedBatch,
     EventBatch,
+    PendingWrite,
     StateStore,
     event_tag,
 )
@@ -282,12 +283,89 @@ def _snapshot(client: redis.Redis, prefix: str) -> dict[bytes, object]:
     """Every key but the undo records, with its value (strings, sorted sets, hashes)."""
     out: dict[bytes, object] = {}
     for key in client.scan_iter(f"{prefix}:*"):
-        if b":undo:" in key:
+        if b":undo:" in key or key.endswith(b":version"):  # bookkeeping of writes, not state
             continue
         kind = client.type(key)
         out[key] = (client.get(key) if kind == b"string" else client.zrange(key, 0, -1, withscores=True)
                     if kind == b"zset" else client.hgetall(key))
     return out
+
+
+def _stream_batches(seed: int) -> list[EventBatch]:
+    """A simulated stream in batches, with what a real one brings: late events, repeated
+    event_ids, a redelivered batch (the same offsets again), two partitions."""
+    history = history_from_table(history_table(simulate(40, seed=seed)), "sim")
+    order = np.argsort(history.ts, kind="stable")
+    rng = np.random.default_rng(seed)
+    for i in rng.choice(len(order) - 5, size=len(order) // 20, replace=False):
+        order[i], order[i + 3] = order[i + 3], order[i]  # a little out of order
+    codes = history.codes("coarse")
+    tags = np.array([event_tag(f"e{i}") for i in range(len(history.ts))], dtype=np.uint32)
+    customers = [str(history.customer_ids[c]) for c in history.customer[order]]
+    partition = np.array([sum(map(ord, c)) % 2 for c in customers], dtype=np.int64)
+    repeated = rng.random(len(order)) < 0.03  # the same event_id again, at a later offset
+    batches, offset = [], 0
+    for start in range(0, len(order), 61):
+        rows = np.arange(start, min(start + 61, len(order)))
+        rows = np.concatenate([rows, rows[repeated[rows]]])
+        n = len(rows)
+        batches.append(EventBatch([customers[r] for r in rows], partition[rows],
+                                  np.arange(offset, offset + n, dtype=np.int64), history.ts[order[rows]],
+                                  codes[order[rows]], codes[order[rows]], tags[order[rows]]))
+        offset += n
+    return [*batches[:4], batches[3], *batches[4:]]  # batch 3 delivered twice
+
+
+def test_a_write_stores_what_its_preview_computed_which_equals_applying_the_events(
+    store: StateStore, unique: str
+) -> None:
+    """The same stream through preview and write, once storing the previewed windows and once
+    applying the events again in the write: every key ends the same, and each previewed
+    write was stored as computed."""
+    def new_store(prefix: str) -> StateStore:
+        return StateStore(store.client, prefix, 6, 2 * DAY, 3600, silence_marks=(10 * DAY, 30 * DAY))
+
+    computed, applied_again = new_store(f"f{unique}"), new_store(f"g{unique}")
+    try:
+        before: dict[str, PendingWrite | None] = {"f": None, "g": None}
+        stream = _stream_batches(seed=4)
+        for events in stream:
+            seen, pending = computed.preview(events, before["f"])
+            seen_again, pending_again = applied_again.preview(events, before["g"])
+            assert seen.customers == seen_again.customers and seen.status.tolist() == seen_again.status.tolist()
+            assert seen.records.tobytes() == seen_again.records.tobytes()
+            n = len(seen.customers)
+            updates = alerts(list(range(n)), [i % 3 == 0 for i in range(n)], [int(events.ts.max())] * n)
+            pending.set_updates(updates)
+            pending_again.set_updates(updates)
+            pending_again.read = None  # the write applies the events again
+            before = {"f": pending, "g": pending_again}
+        assert computed.write(before["f"]) and not applied_again.write(before["g"])
+        assert computed.write(before["f"]) is False, "once stored, it is applied again: a replay"
+        got, expected = _snapshot(store.client, computed.prefix), _snapshot(store.client, applied_again.prefix)
+        customers = {c for events in stream for c in events.customer_ids}
+        assert sum(key.endswith(b":w") for key in got) == len(customers)
+        assert {k[len(computed.prefix):]: v for k, v in got.items()} == {
+            k[len(applied_again.prefix):]: v for k, v in expected.items()}
+    finally:
+        for key in store.client.scan_iter(f"[fg]{unique}:*"):
+            store.client.delete(key)
+
+
+def test_a_write_after_another_writer_applies_its_events_to_what_that_one_stored(store: StateStore) -> None:
+    """A former owner of the partition writing late, or an erasure, between a preview and its
+    write: the write must not put back what it read."""
+    store.apply(batch([("a", i, T0 + i, "A", f"e{i}") for i in range(3)]))
+    _, late_writer = store.preview(batch([("a", 3, T0 + 3, "A", "e3")]))
+    store.apply(batch([("a", i, T0 + i, "A", f"e{i}") for i in range(3, 6)]))  # the new owner moved on
+    assert store.write(late_writer) is False
+    assert (len(store.raw_value("a") or b"") - STORED_HEADER_BYTES) // 16 == 6, "e4 and e5 kept"
+
+    _, pending = store.preview(batch([("a", 6, T0 + 6, "A", "e6")]))
+    store.erase("a")
+    assert store.write(pending) is False
+    head = np.frombuffer((store.raw_value("a") or b"")[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)
+    assert int(head["count"][0]) == 1, "the erased history does not come back"
 
 
 def test_a_write_whose_transaction_never_committed_is_rolled_back_whole(store: StateStore, unique: str) -> None:
