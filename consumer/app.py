@@ -25,6 +25,7 @@ and smoke-tested in the background and swapped in between batches.
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
 import logging
 import signal
@@ -80,6 +81,18 @@ class BatchReport:
     predictions: int = 0
     alerts: int = 0
     silences: int = 0
+
+
+def settle_heap() -> None:
+    """Put what is alive now (the libraries, the model) out of the cyclic collector's reach.
+    A full collection walks every tracked object: with TensorFlow and a model loaded, 180-230
+    ms, and the stream's own objects start one now and then (once in 30 s at 5,700 events/s);
+    a stall that long at a rate near capacity builds a backlog that takes seconds to work
+    off. Frozen, a full collection took 1 ms. Frozen objects are still freed by reference
+    counting; what the previous model left in cycles is collected here first, at each swap."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()
 
 
 class ModelWatcher:
@@ -240,6 +253,7 @@ class Scorer:
             outputs.next_action_quiet_after_alert_seconds,
         )
         self._class_codes = activity_codes(list(runner.spec.vocabulary))
+        settle_heap()
         log.info("serving model %s (%s; %s)", runner.version, self.policy.name, self.next_action_policy.name)
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

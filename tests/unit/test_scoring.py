@@ -194,3 +194,27 @@ def test_a_version_that_loads_but_answers_non_finite_is_refused(
     assert model.get_layer("next").get_weights()
     with pytest.raises(ModelRefused, match=r"non-finite output \(NaN or infinity\)"):
         ModelRunner(poisoned)
+
+
+def test_settling_the_heap_freezes_what_is_alive_and_frees_cycles_left_from_before() -> None:
+    import gc
+    import weakref
+
+    from consumer.app import settle_heap
+
+    class Node:
+        def __init__(self) -> None:
+            self.me = self  # a cycle: only the cyclic collector frees it
+
+    old_model, kept = Node(), Node()
+    gone = weakref.ref(old_model)
+    try:
+        settle_heap()  # both alive: frozen
+        assert gc.get_freeze_count() > 0
+        del old_model  # the swapped-out model, garbage now but frozen
+        gc.collect()
+        assert gone() is not None, "a frozen cycle is out of the collector's reach"
+        settle_heap()  # the next swap
+        assert gone() is None and kept.me is kept
+    finally:
+        gc.unfreeze()
