@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from consumer.bench_plots import plot_latency
 from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import event_values, send
@@ -254,11 +255,15 @@ class Bench:
             scorer.stop()
         inputs = read_topic(self.settings.kafka_config(), phase.settings.topics.events, sent)
         produced = {orjson_event_id(m.value() or b"{}"): m.timestamp()[1] for m in inputs}
-        delays = np.array(
-            [m.timestamp()[1] - produced[e] for m in outputs if (e := orjson_event_id(m.value() or b"{}")) in produced],
-            dtype=np.float64,
-        )
+        output_ids = [(orjson_event_id(m.value() or b"{}"), m.timestamp()[1]) for m in outputs]
+        pairs = np.array(  # (input, output) broker timestamps in ms
+            [(produced[e], at) for e, at in output_ids if e in produced], np.float64
+        ).reshape(-1, 2)
+        delays = pairs[:, 1] - pairs[:, 0]
+        plot = self.workdir / "latency.png"
+        plot_latency((pairs[:, 0] - pairs[:, 0].min(initial=np.inf)) / 1000, delays, sent / took, plot)
         return {
+            "plot": str(plot),
             "cpu_cores": cpu,
             "offered_eps": sent / took,
             "p50": float(np.percentile(delays, 50)),
@@ -417,6 +422,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "latency_outputs": int(latency["n"]),
             "offered_eps": round(latency["offered_eps"], 1),
             "latency_cpu_cores": latency["cpu_cores"],
+            "plots": [latency["plot"]],
             "stage_share": middle["stage_share"],
             "infer_sps_by_batch": inference_alone(runner, sample),
             "infer_device": runner.device,
@@ -483,6 +489,8 @@ def table(r: dict[str, Any]) -> str:
         f"{r['redis_bytes_full_window']:,.0f} B with a full window",
         f"scorer RSS       {r['rss_mb']:,.0f} MB peak",
     ]
+    if r.get("plots"):
+        lines.append(f"plots            {', '.join(r['plots'])}")
     if "instances" in r:
         i = r["instances"]
         lines.append(f"{i['count']} instances      {i['throughput_eps']:>10,.0f} events/s   missing {i['missing']}, "

@@ -10,7 +10,8 @@ import numpy as np
 from training import metrics
 
 
-def _plt() -> Any:
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only backend (no display on servers)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +21,7 @@ def _plt() -> Any:
 
 
 def plot_training(history: dict[str, list[float]], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for key in ("loss", "val_loss"):
         if key in history:
@@ -40,7 +41,7 @@ def plot_training(history: dict[str, list[float]], path: Path) -> None:
 
 
 def plot_confusion(matrix: list[list[int]], names: list[str], path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     counts = np.array(matrix, dtype=np.float64)
     rates = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
     size = max(4.0, 0.45 * len(names) + 2)
@@ -67,7 +68,7 @@ def plot_confusion(matrix: list[list[int]], names: list[str], path: Path) -> Non
 
 
 def plot_churn(label: np.ndarray, risk: np.ndarray, threshold: float, path: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     fpr, tpr = metrics.roc_curve(label, risk)
     axes[0].plot(fpr, tpr)

@@ -33,6 +33,8 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     latency = figures["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert figures["latency_outputs"] > 0 and figures["offered_eps"] > 0
+    assert {"scorer", "broker", "redis", "load generator", "machine"} <= set(figures["latency_cpu_cores"])
+    assert all(Path(plot).read_bytes()[:4] == b"\x89PNG" for plot in figures["plots"]) and figures["plots"]
     assert set(figures["infer_sps_by_batch"]) == {"1", "32", "256", "1024", "4096"}
     assert abs(sum(figures["stage_share"].values()) - 1) < 1e-3
     assert figures["redis_bytes_per_customer"] > 0 and figures["rss_mb"] > 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from consumer.bench import TARGETS, steady_state, table
+from consumer.bench_plots import plot_latency
 from consumer.cpu import CpuMeter
 from consumer.watch import Scrape
 
@@ -59,6 +62,7 @@ def test_report_names_every_figure_and_judges_each_target() -> None:
     assert "12,000 events/s" in text and "60.0x" in text and "p99 120" in text and "968 B" in text
     assert "2 instances" in text and "missing 0" in text
     assert "scorer 0.61  broker 0.55  cores; the machine 1.70 of 2 busy" in text
+    assert "plots" not in text and "plots            a.png" in table(figures(plots=["a.png"]))
     assert text.count("met    ") == len(TARGETS)
     slow = table(figures(throughput_eps=5000.0, speedup=20.0, latency_ms={"p50": 1, "p95": 2, "p99": 400, "max": 5},
                          redis_bytes_full_window=1100.0))
@@ -73,3 +77,13 @@ def test_cpu_meter_counts_the_cores_a_process_used_and_leaves_out_unknown_ones()
     cores = meter.cores()
     assert set(cores) == {"me", "machine"}
     assert 0.5 < cores["me"] <= 1.2 and cores["machine"] >= cores["me"] - 0.1
+
+
+def test_the_latency_plot_is_written(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    sent = np.sort(rng.uniform(0, 20, 2000))
+    delays = rng.lognormal(4, 0.6, 2000)
+    delays[sent < 2] *= 8  # a start-up burst
+    path = tmp_path / "latency.png"
+    plot_latency(sent, delays, 5000.0, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
