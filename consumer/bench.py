@@ -260,7 +260,7 @@ class Bench:
             [(produced[e], at) for e, at in output_ids if e in produced], np.float64
         ).reshape(-1, 2)
         delays = pairs[:, 1] - pairs[:, 0]
-        plot = self.workdir / "latency.png"
+        plot = (self.workdir / "latency.png").resolve()  # the JSON is read from anywhere
         plot_latency((pairs[:, 0] - pairs[:, 0].min(initial=np.inf)) / 1000, delays, sent / took, plot)
         return {
             "plot": str(plot),
