@@ -100,21 +100,20 @@ local function load(raw)
   return s
 end
 
--- Values of many keys in few calls: a redis.call costs more than the GET it runs. Missing
--- keys come back as nil. Chunked, as unpack is bounded by Lua's C stack.
-local MGET_CHUNK = 1000
-local function mget(names)
+-- Many keys (or members) per call: a redis.call costs more than the GET it runs. Chunked, as
+-- unpack is bounded by Lua's C stack.
+local CALL_CHUNK = 1000
+local function mget(names)  -- missing keys come back as nil
   local values = {}
-  for from = 1, #names, MGET_CHUNK do
-    local upto = math.min(from + MGET_CHUNK - 1, #names)
+  for from = 1, #names, CALL_CHUNK do
+    local upto = math.min(from + CALL_CHUNK - 1, #names)
     local got = redis.call('MGET', unpack(names, from, upto))
     for j = 1, upto - from + 1 do values[from + j - 1] = got[j] or nil end
   end
   return values
 end
 
--- each partition's clock: from the stored c0 (0 for a partition seen for the first time) to
--- c1, and the partition's write version (see "Precomputed write")
+-- each partition's clock: from the stored c0 (0 for a partition seen for the first time) to c1
 local clocks = {}
 for k = 1, #CLOCKS / 8 do
   local partition, floor = struct.unpack('<II', CLOCKS, (k - 1) * 8 + 1)
@@ -131,8 +130,8 @@ end
 
 local function add_quiet(quiet_of)  -- partition -> score, member, ...: one ZADD per partition
   for partition, members in pairs(quiet_of) do
-    for from = 1, #members, 2 * MGET_CHUNK do
-      redis.call('ZADD', quiet_key(partition), unpack(members, from, math.min(from + 2 * MGET_CHUNK - 1, #members)))
+    for from = 1, #members, 2 * CALL_CHUNK do
+      redis.call('ZADD', quiet_key(partition), unpack(members, from, math.min(from + 2 * CALL_CHUNK - 1, #members)))
     end
   end
 end
@@ -198,12 +197,12 @@ if writes and unchanged_since_read() then
   return 1
 end
 
-local state, index_of, keys, raw_of = {}, {}, {}, {}
+local state, index_of, keys = {}, {}, {}
 -- a silence-scored customer's window is read only to keep it for an undo
 local n_read = keeps_undo and ncust or n_own
 local window_names = {}
 for i = 1, n_read do window_names[i] = KEYS[2 * i - 1] end
-raw_of = mget(window_names)
+local raw_of = mget(window_names)
 for i = 1, ncust do
   keys[i] = {KEYS[2 * i - 1], KEYS[2 * i]}
   state[i] = load(raw_of[i])
