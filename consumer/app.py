@@ -70,6 +70,7 @@ from training.registry import Registry, resolve_model_dir
 log = logging.getLogger(__name__)
 
 LAG_EVERY_S = 1.0
+LAG_QUERY_BUDGET_S = 1.0  # a broker that does not answer must not hold up a stop request for long
 SWEEP_STEP_S = 86_400
 
 
@@ -168,6 +169,7 @@ class Scorer:
         self._clock: dict[int, int] = {}  # events partition -> its event-time clock
         self._clock_by_events: dict[int, tuple[int, float]] = {}  # -> (clock, monotonic time) at its last event
         self._lag_at = 0.0
+        self._lag: dict[int, int] = {}  # events partition -> records behind, as last known
         # the last batch: outputs acknowledged, state not yet stored, offsets not yet stored
         self._pending: tuple[PendingWrite | None, list[Message]] | None = None
         self.http: Any = None
@@ -313,6 +315,7 @@ class Scorer:
         self.metrics.assigned.set(events)
         self.health.assigned = events
         self.metrics.lag_messages.clear()
+        self._lag.clear()
         self.metrics.lag_seconds.clear()
         log.info("assigned %d partitions of %s", events, self.settings.topics.events)
 
@@ -342,7 +345,9 @@ class Scorer:
         if assignment:
             self.consumer.pause(assignment)
         self.consumer.poll(0)
-        self._update_lag()  # a wait is when ops most need to see the lag grow
+        # a wait is when ops most need to see the lag grow, and a paused consumer's fetches no
+        # longer bring the high watermarks: ask the broker
+        self._update_lag(from_broker=True)
 
     def _resume(self) -> None:
         assert self.consumer is not None
@@ -734,7 +739,10 @@ class Scorer:
                 self.metrics.kafka_errors.labels("store_offsets").inc()
                 log.warning("storing offsets failed: %s", exc)
 
-    def _update_lag(self) -> None:
+    def _update_lag(self, from_broker: bool = False) -> None:
+        """Lag per assigned partition from the consumer's position to the high watermark: the
+        one its fetches brought, or `from_broker` (while paused) one queried within a second in
+        all; a partition the broker does not answer for in time keeps its last figure."""
         if time.monotonic() - self._lag_at < LAG_EVERY_S or self.consumer is None:
             return
         self._lag_at = time.monotonic()
@@ -743,23 +751,48 @@ class Scorer:
         if not partitions:
             self.health.lag = 0
             return
-        total = 0
         now_ms = time.time() * 1000
-        for tp in self.consumer.position(partitions):
+        deadline = self._lag_at + LAG_QUERY_BUDGET_S
+        positions = self.consumer.position(partitions)
+        if from_broker:
+            positions = self._from_committed(positions, deadline)
+        for tp in positions:
             try:
-                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                if from_broker:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        continue
+                    low, high = self.consumer.get_watermark_offsets(tp, timeout=remaining, cached=False)
+                else:
+                    low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
-            if high is None or high < 0 or tp.offset is None or tp.offset < 0:
+            start = tp.offset
+            if from_broker and (start is None or start < 0):
+                start = low  # nothing committed either: where the reset (earliest) starts it
+            if high is None or high < 0 or start is None or start < 0:
                 continue
-            lag = max(0, high - tp.offset)
-            total += lag
+            lag = self._lag[tp.partition] = max(0, high - start)
             self.metrics.lag_messages.labels(str(tp.partition)).set(lag)
             last = self._last_ts_ms.get(tp.partition)
             self.metrics.lag_seconds.labels(str(tp.partition)).set(
                 max(0.0, (now_ms - last) / 1000.0) if lag and last else 0.0
             )
-        self.health.lag = total
+        self.health.lag = sum(self._lag.values())
+
+    def _from_committed(self, positions: list[TopicPartition], deadline: float) -> list[TopicPartition]:
+        """Where the consumer has not fetched yet since it was assigned a partition, it has no
+        position: it starts from the group's committed offset."""
+        assert self.consumer is not None
+        unknown = [tp for tp in positions if tp.offset is None or tp.offset < 0]
+        remaining = deadline - time.monotonic()
+        if not unknown or remaining <= 0:
+            return positions
+        try:
+            committed = {tp.partition: tp for tp in self.consumer.committed(unknown, timeout=remaining)}
+        except KafkaException:
+            return positions
+        return [committed.get(tp.partition, tp) if tp.offset is None or tp.offset < 0 else tp for tp in positions]
 
     def sweep(self, as_of: int, on_step: Callable[[int, BatchReport], None] | None = None) -> BatchReport:
         """Move every partition's stored clock to `as_of` (a day at a time, so a long backfill

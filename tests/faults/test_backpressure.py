@@ -126,6 +126,13 @@ def test_a_throttled_producer_stops_consumption_with_flat_memory_and_loses_nothi
             # the loop waits for each batch's acknowledgements before it takes the next but one
             assert consumed <= 3 * max_batch, f"consumed {consumed} records while the output was throttled"
             assert waiting > max_batch, "records were there to consume: the scorer held back, it did not run dry"
+            # ops watch the lag most during such a wait: it must come from the broker, not from the
+            # last fetch before the pause (the scorer's position is at most the batches it holds
+            # ahead of the group's committed offsets)
+            time.sleep(2.5)  # one more lag update after the broker was read
+            lag = scorer.metric("seqscore_consumer_lag_messages")
+            print(f"lag gauge {lag:.0f}, waiting on the broker before it {waiting}")
+            assert lag >= waiting - 3 * max_batch, f"the lag gauge shows {lag:.0f} while {waiting} records wait"
             assert max(rss) - baseline < 150, f"memory grew while throttled: {baseline:.0f} -> {max(rss):.0f} MB"
             assert scorer.get("/healthz")[0] == 200, "a throttled scorer is slow, not dead"
         finally:
