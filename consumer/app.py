@@ -48,7 +48,7 @@ from consumer.policy import SUPPRESS_REASONS, AlertPolicy, Decisions, Gated, Nex
 from consumer.profiles import ProfileFollower
 from consumer.scoring import ModelRunner
 from consumer.segments_page import PageContext, SegmentsPage
-from consumer.settings import Settings
+from consumer.settings import ModelSettings, Settings
 from consumer.source import EventDecoder, next_offsets, poll_batch
 from consumer.topics import ensure_topics
 from state.encoding import activity_codes, encode
@@ -99,11 +99,10 @@ def settle_heap() -> None:
 class ModelWatcher:
     """Polls the registry's CURRENT; loads and smoke-tests a new version in a background thread."""
 
-    def __init__(self, registry: Registry, metrics: Metrics, jit_compile: bool, poll_s: float = 2.0) -> None:
+    def __init__(self, registry: Registry, metrics: Metrics, model: ModelSettings) -> None:
         self.registry = registry
         self.metrics = metrics
-        self.jit_compile = jit_compile
-        self.poll_s = poll_s
+        self.model = model
         self._ready: ModelRunner | None = None
         self._lock = threading.Lock()
         self._refused: set[str] = set()
@@ -114,7 +113,7 @@ class ModelWatcher:
     def load_current(self) -> ModelRunner:
         """Blocking first load at start-up."""
         path = resolve_model_dir(self.registry.root)
-        runner = ModelRunner(path, self.jit_compile)
+        runner = ModelRunner(path, self.model.jit_compile, self.model.threads)
         self._seen = runner.version
         self.metrics.reloads.labels("loaded").inc()
         return runner
@@ -133,12 +132,12 @@ class ModelWatcher:
         return runner
 
     def _watch(self) -> None:
-        while not self._stop.wait(self.poll_s):
+        while not self._stop.wait(self.model.poll_seconds):
             current = self.registry.current()
             if current is None or current == self._seen or current in self._refused:
                 continue
             try:
-                runner = ModelRunner(self.registry.path(current), self.jit_compile)
+                runner = ModelRunner(self.registry.path(current), self.model.jit_compile, self.model.threads)
             except Exception as exc:  # any failure (ModelRefused or other) refuses the version, never the scorer
                 self._refused.add(current)
                 self.metrics.reloads.labels("refused").inc()
@@ -157,9 +156,7 @@ class Scorer:
         self.stop_requested = threading.Event()
         self.decoder = EventDecoder(settings.max_event_bytes)
         self.registry = Registry(settings.registry)
-        self.watcher = ModelWatcher(
-            self.registry, self.metrics, settings.model.jit_compile, settings.model.poll_seconds
-        )
+        self.watcher = ModelWatcher(self.registry, self.metrics, settings.model)
         self.runner: ModelRunner | None = None
         self.store: StateStore | None = None
         self.consumer: Consumer | None = None

@@ -400,7 +400,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
     bench = Bench(options, settings)
     try:
         bench.registry = bench.model()
-        runner = ModelRunner(resolve_model_dir(bench.registry))
+        runner = ModelRunner(resolve_model_dir(bench.registry), threads=settings.model.threads)  # as the scorer runs
         records = bench.records(options.events, options.seed)
         runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
         middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures

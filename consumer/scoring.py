@@ -48,12 +48,31 @@ def bucket_for(n: int) -> int:
     return BUCKETS[-1]
 
 
+def configure_threads(threads: int) -> None:
+    """TensorFlow's thread pools for this process (0: its default, one thread per core). They
+    are fixed once TensorFlow runs its first op: a different count asked for later is refused."""
+    if threads <= 0:
+        return
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:
+        log.warning(
+            "TensorFlow already runs with %d intra-op threads; %d asked for applies from the next start",
+            tf.config.threading.get_intra_op_parallelism_threads(),
+            threads,
+        )
+
+
 class ModelRunner:
     """One loaded model version: `infer` takes encoded inputs of any batch size."""
 
-    def __init__(self, model_dir: Path, jit_compile: bool = False) -> None:
+    def __init__(self, model_dir: Path, jit_compile: bool = False, threads: int = 0) -> None:
         self.jit_compile = jit_compile
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        configure_threads(threads)
         import tensorflow as tf
 
         from training.registry import load_model

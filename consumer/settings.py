@@ -82,6 +82,14 @@ class StateSettings(BaseModel):
 
 class ModelSettings(BaseModel):
     jit_compile: bool = Field(default=False, description="XLA-compile the inference function.")
+    threads: int = Field(
+        default=1,
+        ge=0,
+        le=1024,
+        description="TensorFlow's intra- and inter-op threads for inference; 0: its default, one per core. "
+        "One is as fast on serving batches and leaves the other cores to Kafka and Redis; scale out by "
+        "partitions and instances.",
+    )
     poll_seconds: float = Field(default=2.0, gt=0, le=3600, description="How often CURRENT is checked.")
 
 

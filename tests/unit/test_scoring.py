@@ -218,3 +218,20 @@ def test_settling_the_heap_freezes_what_is_alive_and_frees_cycles_left_from_befo
         assert gone() is None and kept.me is kept
     finally:
         gc.unfreeze()
+
+
+def test_a_runner_uses_the_thread_count_it_is_given(tiny_registry: Path) -> None:
+    # TensorFlow fixes its pools at the first op: a fresh process, as a scorer starts
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from consumer.scoring import ModelRunner; import tensorflow as tf; "
+        "ModelRunner(Path(sys.argv[1]), threads=1); "
+        "print(tf.config.threading.get_intra_op_parallelism_threads(), "
+        "tf.config.threading.get_inter_op_parallelism_threads())"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tiny_registry / "CURRENT")], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["1", "1"]
