@@ -331,7 +331,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         events=args.events, customers=args.customers, window=args.window, model=args.model,
-        instances=args.instances, latency_seconds=args.latency_seconds, rate=args.rate,
+        instances=args.instances, latency_seconds=args.latency_seconds, warmup_seconds=args.warmup_seconds,
+        rate=args.rate,
         baseline_seconds=args.baseline_seconds, repeat=args.repeat, seed=args.seed, exactly_once=args.exactly_once,
     )
 
@@ -540,7 +541,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, help="serve this version or registry instead of training one")
     p.add_argument("--instances", type=_positive_int, default=1, help="also run this many scorers in one group")
     p.add_argument("--rate", type=_non_negative_float, help="latency run events/s (default: half the throughput)")
-    p.add_argument("--latency-seconds", type=_non_negative_float, default=20.0)
+    p.add_argument("--latency-seconds", type=_non_negative_float, default=20.0, help="measured latency run")
+    p.add_argument("--warmup-seconds", type=_non_negative_float, default=5.0,
+                   help="at the same rate before the measured run, reported apart (start-up settles)")
     p.add_argument("--baseline-seconds", type=_non_negative_float, default=20.0)
     p.add_argument("--repeat", type=_positive_int, default=1, help="throughput and baseline runs (medians)")
     p.add_argument("--exactly-once", action="store_true",

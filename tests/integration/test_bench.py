@@ -20,7 +20,8 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     out = tmp_path / "bench.json"
     result = subprocess.run(
         [sys.executable, "-m", "consumer.cli", "bench", "--model", str(tiny_registry), "--events", "6000",
-         "--customers", "300", "--latency-seconds", "3", "--baseline-seconds", "2", "--rate", "400",
+         "--customers", "300", "--latency-seconds", "3", "--warmup-seconds", "1", "--baseline-seconds", "2",
+         "--rate", "400",
          "--instances", "2", "--exactly-once", "--repeat", "2", "--json", str(out)],
         env=os.environ | test_env | {"TF_CPP_MIN_LOG_LEVEL": "3"},
         capture_output=True, text=True, timeout=600, cwd=tmp_path,
@@ -33,6 +34,8 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     latency = figures["latency_ms"]
     assert 0 <= latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
     assert figures["latency_outputs"] > 0 and figures["offered_eps"] > 0
+    warmup = figures["latency_warmup"]  # the first second's outputs, apart
+    assert warmup["seconds"] == 1 and warmup["n"] > 0 and 0 <= warmup["p50"] <= warmup["max"]
     assert {"scorer", "broker", "redis", "load generator", "machine"} <= set(figures["latency_cpu_cores"])
     assert all(Path(plot).read_bytes()[:4] == b"\x89PNG" for plot in figures["plots"]) and figures["plots"]
     assert set(figures["infer_sps_by_batch"]) == {"1", "32", "256", "1024", "4096"}

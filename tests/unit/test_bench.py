@@ -63,6 +63,10 @@ def test_report_names_every_figure_and_judges_each_target() -> None:
     assert "2 instances" in text and "missing 0" in text
     assert "scorer 0.61  broker 0.55  cores; the machine 1.70 of 2 busy" in text
     assert "plots" not in text and "plots            a.png" in table(figures(plots=["a.png"]))
+    assert "warm-up" not in text
+    warm = table(figures(latency_warmup={"seconds": 5.0, "p50": 150.0, "p95": 1500.0, "p99": 1800.0, "max": 2000.0,
+                                         "n": 20_000}))
+    assert "the first 5s, apart from the above: p50 150  p99 1800  max 2000 ms (20,000 outputs)" in warm
     assert text.count("met    ") == len(TARGETS)
     slow = table(figures(throughput_eps=5000.0, speedup=20.0, latency_ms={"p50": 1, "p95": 2, "p99": 400, "max": 5},
                          redis_bytes_full_window=1100.0))
@@ -85,5 +89,18 @@ def test_the_latency_plot_is_written(tmp_path: Path) -> None:
     delays = rng.lognormal(4, 0.6, 2000)
     delays[sent < 2] *= 8  # a start-up burst
     path = tmp_path / "latency.png"
-    plot_latency(sent, delays, 5000.0, path)
+    plot_latency(sent, delays, 5000.0, path, warmup_s=3.0)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 20_000
+
+
+def test_the_warm_up_is_split_by_when_each_input_was_produced() -> None:
+    from consumer.bench import percentiles, split_warmup
+
+    sent_s = np.array([0.0, 1.0, 4.99, 5.0, 6.0, 7.5])
+    delays = np.array([900.0, 800.0, 700.0, 90.0, 80.0, 100.0])
+    measured, warming = split_warmup(sent_s, delays, 5.0)
+    assert measured.tolist() == [90.0, 80.0, 100.0] and warming.tolist() == [900.0, 800.0, 700.0]
+    assert percentiles(measured)["max"] == 100.0 and percentiles(warming)["p50"] == 800.0
+    assert np.isnan(percentiles(np.zeros(0))["p99"])  # a warm-up of 0 s has no outputs
+    no_warmup, none = split_warmup(sent_s, delays, 0.0)
+    assert len(no_warmup) == 6 and len(none) == 0
