@@ -414,13 +414,16 @@ def machine_info(settings: Settings) -> dict[str, Any]:
 
 
 def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from consumer.scoring import ModelRunner
+    from consumer.scoring import ModelRunner, configure_threads
     from training.registry import resolve_model_dir
 
+    # inference alone and the baseline run in this process, on the scorer's thread count; it is
+    # fixed at TensorFlow's first op, which training the bench's model would be
+    configure_threads(settings.model.threads)
     bench = Bench(options, settings)
     try:
         bench.registry = bench.model()
-        runner = ModelRunner(resolve_model_dir(bench.registry), threads=settings.model.threads)  # as the scorer runs
+        runner = ModelRunner(resolve_model_dir(bench.registry), threads=settings.model.threads)
         records = bench.records(options.events, options.seed)
         runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
         middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures
@@ -448,6 +451,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "stage_share": middle["stage_share"],
             "infer_sps_by_batch": inference_alone(runner, sample),
             "infer_device": runner.device,
+            "infer_threads": settings.model.threads,
             "redis_bytes_per_customer": round(per_customer, 1),
             "redis_bytes_full_window": round(full_window, 1),
             "rss_mb": round(middle["rss_mb"], 1),
@@ -514,7 +518,7 @@ def table(r: dict[str, Any]) -> str:
         "latency cpu      " + "  ".join(f"{k} {v:.2f}" for k, v in r["latency_cpu_cores"].items() if k != "machine")
         + f"  cores; the machine {r['latency_cpu_cores'].get('machine', float('nan')):.2f} of {machine['cores']} busy",
         "stage share      " + "  ".join(f"{k} {v:.0%}" for k, v in sorted(shares, key=lambda kv: -kv[1])),
-        f"inference ({r['infer_device']})  "
+        f"inference ({r['infer_device']}, {r.get('infer_threads', 0) or 'all'} thread(s))  "
         + "  ".join(f"{b}: {v['sps']:,.0f}/s ({v['ms_per_batch']:.1f} ms)" for b, v in r["infer_sps_by_batch"].items()),
         f"redis            {r['redis_bytes_per_customer']:,.0f} B per customer (sample), "
         f"{r['redis_bytes_full_window']:,.0f} B with a full window",

@@ -60,7 +60,8 @@ def configure_threads(threads: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(threads)
     except RuntimeError:
         log.warning(
-            "TensorFlow already runs with %d intra-op threads; %d asked for applies from the next start",
+            "TensorFlow's threads were fixed by an earlier op (intra-op %d, 0 = one per core): %d applies "
+            "from the next start",
             tf.config.threading.get_intra_op_parallelism_threads(),
             threads,
         )
