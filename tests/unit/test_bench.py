@@ -64,7 +64,8 @@ def test_report_names_every_figure_and_judges_each_target() -> None:
     assert "scorer 0.61  broker 0.55  cores; the machine 1.70 of 2 busy" in text
     assert "plots" not in text and "plots            a.png" in table(figures(plots=["a.png"]))
     assert "warm-up" not in text
-    assert "inference (CPU, all thread(s))" in text and "inference (CPU, 1 thread(s))" in table(figures(infer_threads=1))
+    assert "inference (CPU, all thread(s))" in text
+    assert "inference (CPU, 1 thread(s))" in table(figures(infer_threads=1))
     warm = table(figures(latency_warmup={"seconds": 5.0, "p50": 150.0, "p95": 1500.0, "p99": 1800.0, "max": 2000.0,
                                          "n": 20_000}))
     assert "the first 5s, apart from the above: p50 150  p99 1800  max 2000 ms (20,000 outputs)" in warm
