@@ -96,6 +96,11 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def has_offset(tp: TopicPartition) -> bool:
+    """Whether a position or committed offset is a real offset (not librdkafka's OFFSET_INVALID)."""
+    return tp.offset is not None and tp.offset >= 0
+
+
 class ModelWatcher:
     """Polls the registry's CURRENT; loads and smoke-tests a new version in a background thread."""
 
@@ -765,7 +770,7 @@ class Scorer:
             except KafkaException:
                 continue
             start = tp.offset
-            if from_broker and (start is None or start < 0):
+            if from_broker and not has_offset(tp):
                 start = low  # nothing committed either: where the reset (earliest) starts it
             if high is None or high < 0 or start is None or start < 0:
                 continue
@@ -781,7 +786,7 @@ class Scorer:
         """Where the consumer has not fetched yet since it was assigned a partition, it has no
         position: it starts from the group's committed offset."""
         assert self.consumer is not None
-        unknown = [tp for tp in positions if tp.offset is None or tp.offset < 0]
+        unknown = [tp for tp in positions if not has_offset(tp)]
         remaining = deadline - time.monotonic()
         if not unknown or remaining <= 0:
             return positions
@@ -789,7 +794,7 @@ class Scorer:
             committed = {tp.partition: tp for tp in self.consumer.committed(unknown, timeout=remaining)}
         except KafkaException:
             return positions
-        return [committed.get(tp.partition, tp) if tp.offset is None or tp.offset < 0 else tp for tp in positions]
+        return [tp if has_offset(tp) else committed.get(tp.partition, tp) for tp in positions]
 
     def sweep(self, as_of: int, on_step: Callable[[int, BatchReport], None] | None = None) -> BatchReport:
         """Move every partition's stored clock to `as_of` (a day at a time, so a long backfill

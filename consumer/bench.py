@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumer.bench_plots import plot_latency
+from consumer.bench_plots import plot_latency, split_warmup
 from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import event_values, send
@@ -350,14 +350,6 @@ def orjson_event_id(value: bytes) -> str:
     import orjson
 
     return str(orjson.loads(value).get("event_id", ""))
-
-
-def split_warmup(
-    sent_s: NDArray[np.float64], delay_ms: NDArray[np.float64], warmup_s: float
-) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-    """(measured, warm-up) latencies: by when each output's input was produced, from the first."""
-    warming = sent_s < warmup_s
-    return delay_ms[~warming], delay_ms[warming]
 
 
 def percentiles(delay_ms: NDArray[np.float64]) -> dict[str, float]:

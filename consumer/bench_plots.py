@@ -12,6 +12,14 @@ from training.report import pyplot
 TARGET_P99_MS = 250
 
 
+def split_warmup(
+    sent_s: NDArray[np.float64], delay_ms: NDArray[np.float64], warmup_s: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(measured, warm-up) latencies: by when each output's input was produced, from the first."""
+    warming = sent_s < warmup_s
+    return delay_ms[~warming], delay_ms[warming]
+
+
 def plot_latency(
     sent_s: NDArray[np.float64], delay_ms: NDArray[np.float64], offered_eps: float, path: Path, warmup_s: float = 0.0
 ) -> None:
@@ -33,7 +41,7 @@ def plot_latency(
     over_time.set(yscale="log", xlabel="seconds since the first input", ylabel="ms from input to output",
                   title=f"latency at {offered_eps:,.0f} events/s")
     over_time.legend(loc="upper right", fontsize="small")
-    delay_ms = delay_ms[sent_s >= warmup_s]
+    delay_ms, _ = split_warmup(sent_s, delay_ms, warmup_s)
     bins = np.logspace(np.log10(floor), np.log10(max(float(delay_ms.max(initial=floor)), floor * 2)), 60)
     spread.hist(np.maximum(delay_ms, floor), bins=bins, color="grey")
     for q, color in ((50, "tab:blue"), (99, "tab:orange")):
