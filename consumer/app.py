@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import redis
@@ -847,7 +847,11 @@ class StopServing(Exception):
     """A stop was requested while a batch waited on an outage: the batch stays uncommitted."""
 
 
-def install_signal_handlers(scorer: Scorer) -> None:
+class Stoppable(Protocol):
+    stop_requested: threading.Event
+
+
+def install_signal_handlers(scorer: Stoppable) -> None:
     def handle(signum: int, _frame: object) -> None:
         log.info("signal %d: finishing the batch, committing, leaving the group", signum)
         scorer.stop_requested.set()

@@ -31,12 +31,13 @@ import numpy as np
 from numpy.typing import NDArray
 
 from consumer.bench_plots import plot_latency, split_warmup
-from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds
+from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds, process_tree
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import event_values, send
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
 from consumer.watch import Scrape, scrape
+from consumer.workers import worker_count
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
@@ -58,6 +59,7 @@ class BenchOptions:
     window: int = 50
     model: Path | None = None
     instances: int = 1
+    workers: int = 0  # of the measured scorer (SEQSCORE_WORKERS; 0: one per usable core)
     latency_seconds: float = 20.0
     # the latency run's first seconds, at the same rate, reported apart: a fresh producer,
     # consumer and topics settle (librdkafka's first acknowledgements of a new producer and the
@@ -109,14 +111,16 @@ def make_phase(settings: Settings, run_id: str, tag: str) -> Phase:
     return Phase(phase_settings, env)
 
 
-def peak_rss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
+def peak_rss_mb(pids: list[int]) -> float:
+    """The processes' peak resident memory (`VmHWM`) together: a scorer and its workers."""
+    total = 0.0
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:
+            return float("nan")
+        total += next((int(line.split()[1]) / 1024 for line in lines if line.startswith("VmHWM:")), float("nan"))
+    return total
 
 
 def steady_state(samples: list[Scrape], total: int) -> tuple[float, dict[str, float]]:
@@ -214,7 +218,9 @@ class Bench:
             send(records, phase.settings.topics.events, kafka, progress=False)
             note(f"[{tag}] {len(records):,} events pre-produced; draining with one scorer ...")
         logs = [self.workdir / f"{tag}-{i}.log" for i in range(instances)]
-        scorers = [ScorerProcess(phase.env | (env or {}), self.registry, log).start() for log in logs]
+        # scale-out runs single-worker instances: the group's members are then the instances
+        workers = {"SEQSCORE_WORKERS": str(self.options.workers if instances == 1 else 1)}
+        scorers = [ScorerProcess(phase.env | workers | (env or {}), self.registry, log).start() for log in logs]
         try:
             for scorer in scorers:
                 scorer.wait_ready(timeout=300)
@@ -226,7 +232,7 @@ class Bench:
                 send(records, phase.settings.topics.events, kafka, progress=False)
                 note(f"[{tag}] {len(records):,} events produced; {instances} scorers draining ...")
             samples = drain(scorers, len(records), timeout_s=max(600.0, len(records) / 100))
-            rss = max(peak_rss_mb(s.process.pid) for s in scorers if s.process is not None)
+            rss = max(peak_rss_mb(process_tree(s.process.pid)) for s in scorers if s.process is not None)
             outputs = None
             if instances > 1:
                 outputs = predictions_by_event(
@@ -250,7 +256,8 @@ class Bench:
         phase = self.phase("latency")
         warmup, seconds = self.options.warmup_seconds, self.options.latency_seconds
         note(f"[latency] producing at {rate:,.0f} events/s: {warmup:.0f}s of warm-up, {seconds:.0f}s measured ...")
-        with running(phase.env, self.registry, self.workdir / "latency.log") as scorer:
+        workers = {"SEQSCORE_WORKERS": str(self.options.workers)}
+        with running(phase.env | workers, self.registry, self.workdir / "latency.log") as scorer:
             scorer.wait_ready(timeout=300)
             meter = CpuMeter(self.stack_pids(scorer)).start()
             sent, took = send(records, phase.settings.topics.events, self.settings.kafka_config(), rate=rate,
@@ -278,15 +285,15 @@ class Bench:
             "warmup": {"seconds": warmup, **percentiles(warming), "n": len(warming)},
         }
 
-    def stack_pids(self, scorer: ScorerProcess) -> dict[str, int | None]:
-        """The processes sharing the cores in the latency phase: the scorer, the load generator
+    def stack_pids(self, scorer: ScorerProcess) -> dict[str, int | list[int] | None]:
+        """The processes sharing the cores in the latency phase: the scorer (with its workers), the load generator
         (this process), and the broker and Redis where they run on this machine."""
         import redis
 
         redis_pid = int(redis.Redis.from_url(self.settings.redis_url).info("server").get("process_id", 0))
         local = redis_pid and process_cpu_seconds(redis_pid) is not None
         return {
-            "scorer": scorer.process.pid if scorer.process is not None else None,
+            "scorer": process_tree(scorer.process.pid) if scorer.process is not None else None,
             "broker": find_pid("kafka.Kafka"),
             "redis": redis_pid if local else None,
             "load generator": os.getpid(),
@@ -444,6 +451,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "infer_sps_by_batch": inference_alone(runner, sample),
             "infer_device": runner.device,
             "infer_threads": settings.model.threads,
+            "workers": worker_count(settings.model_copy(update={"workers": options.workers})),
             "redis_bytes_per_customer": round(per_customer, 1),
             "redis_bytes_full_window": round(full_window, 1),
             "rss_mb": round(middle["rss_mb"], 1),
@@ -456,6 +464,12 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "repeat": options.repeat,
             "machine": machine_info(settings),
         }
+        if result["workers"] > 1:
+            single = bench.throughput(records, "one-worker", env={"SEQSCORE_WORKERS": "1"})
+            result["one_worker"] = {
+                "throughput_eps": round(single["eps"], 1),
+                "ratio": round(throughput / single["eps"], 3) if single["eps"] else None,
+            }
         if options.instances > 1:
             scale = bench.throughput(records, "scale", instances=options.instances)
             result["instances"] = {
@@ -501,7 +515,8 @@ def table(r: dict[str, Any]) -> str:
         f"LSTM {r['model_units']}, max batch {r['max_batch']}, {r['repeat']} run(s)",
         f"machine          {machine['cores']} cores ({machine['cpu']}), TF {machine['tensorflow']}, "
         f"Redis {machine['redis_server']}, librdkafka {machine['librdkafka']}",
-        f"throughput       {r['throughput_eps']:>10,.0f} events/s   runs {r['throughput_runs_eps']}",
+        f"throughput       {r['throughput_eps']:>10,.0f} events/s   runs {r['throughput_runs_eps']}, "
+        f"one scorer with {r.get('workers', 1)} worker(s)",
         f"baseline         {r['baseline_eps']:>10,.0f} events/s   (per event: one Redis round trip, one model call)",
         f"speedup          {r['speedup']:>10.1f}x",
         f"latency          p50 {lat['p50']:.0f}  p95 {lat['p95']:.0f}  p99 {lat['p99']:.0f}  max {lat['max']:.0f} ms"
@@ -514,10 +529,14 @@ def table(r: dict[str, Any]) -> str:
         + "  ".join(f"{b}: {v['sps']:,.0f}/s ({v['ms_per_batch']:.1f} ms)" for b, v in r["infer_sps_by_batch"].items()),
         f"redis            {r['redis_bytes_per_customer']:,.0f} B per customer (sample), "
         f"{r['redis_bytes_full_window']:,.0f} B with a full window",
-        f"scorer RSS       {r['rss_mb']:,.0f} MB peak",
+        f"scorer RSS       {r['rss_mb']:,.0f} MB peak, {r.get('workers', 1)} worker(s) together",
     ]
     if r.get("plots"):
         lines.append(f"plots            {', '.join(r['plots'])}")
+    if "one_worker" in r:
+        o = r["one_worker"]
+        lines.append(f"one worker       {o['throughput_eps']:>10,.0f} events/s   "
+                     f"(SEQSCORE_WORKERS=1; {r['workers']} workers drain {o['ratio']:.2f}x that)")
     if "instances" in r:
         i = r["instances"]
         lines.append(f"{i['count']} instances      {i['throughput_eps']:>10,.0f} events/s   missing {i['missing']}, "

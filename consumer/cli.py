@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,16 @@ def _non_negative_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got '{text}'") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if not 0 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected 0 (one per usable core) to 64, got {value}")
     return value
 
 
@@ -301,8 +312,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from consumer.app import Scorer, install_signal_handlers
     from consumer.settings import load_settings
+    from consumer.workers import WorkerPool, worker_count
 
-    scorer = Scorer(load_settings())
+    settings = load_settings()
+    workers = worker_count(settings)
+    if workers > 1:
+        pool = WorkerPool(settings, workers)
+        install_signal_handlers(pool)
+        return pool.run()
+    scorer = Scorer(settings)
     install_signal_handlers(scorer)
     scorer.run()
     return 0
@@ -331,8 +349,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     options = BenchOptions(
         events=args.events, customers=args.customers, window=args.window, model=args.model,
-        instances=args.instances, latency_seconds=args.latency_seconds, warmup_seconds=args.warmup_seconds,
-        rate=args.rate,
+        instances=args.instances, workers=args.workers, latency_seconds=args.latency_seconds,
+        warmup_seconds=args.warmup_seconds, rate=args.rate,
         baseline_seconds=args.baseline_seconds, repeat=args.repeat, seed=args.seed, exactly_once=args.exactly_once,
     )
 
@@ -540,6 +558,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=_positive_int, default=50, help="window of the model trained for the run")
     p.add_argument("--model", type=Path, help="serve this version or registry instead of training one")
     p.add_argument("--instances", type=_positive_int, default=1, help="also run this many scorers in one group")
+    p.add_argument("--workers", type=_workers, default=0,
+                   help="workers of the measured scorer (SEQSCORE_WORKERS); 0 (default): one per usable core")
     p.add_argument("--rate", type=_non_negative_float, help="latency run events/s (default: half the throughput)")
     p.add_argument("--latency-seconds", type=_non_negative_float, default=20.0, help="measured latency run")
     p.add_argument("--warmup-seconds", type=_non_negative_float, default=5.0,
@@ -611,7 +631,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=f"%(asctime)s %(levelname)s {_worker_tag()}%(name)s: %(message)s",
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -631,6 +651,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"seqscore {args.command}: {_redacted(message)}", file=sys.stderr)
         return 1
+
+
+def _worker_tag() -> str:
+    """`[worker N] ` in a worker's log lines (serve with several workers), else nothing."""
+    from consumer.workers import WORKER_ENV
+
+    index = os.environ.get(WORKER_ENV)
+    return f"[worker {index}] " if index else ""
 
 
 def _redacted(text: str) -> str:

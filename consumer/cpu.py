@@ -22,6 +22,22 @@ def process_cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (a scorer and its workers)."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
 def machine_busy_seconds() -> float | None:
     """CPU seconds all cores spent busy since boot (not idle, not waiting on I/O)."""
     try:
@@ -49,13 +65,13 @@ class CpuMeter:
     """`start()`, then `cores()`: the average cores each named process used since the start,
     and `machine` for all cores together. A process that is gone or unknown is left out."""
 
-    def __init__(self, pids: dict[str, int | None]) -> None:
-        self.pids = {name: pid for name, pid in pids.items() if pid is not None}
+    def __init__(self, pids: dict[str, int | list[int] | None]) -> None:
+        self.pids = {name: [pid] if isinstance(pid, int) else pid for name, pid in pids.items() if pid is not None}
         self._start: dict[str, float | None] = {}
         self._started = 0.0
 
     def _sample(self) -> dict[str, float | None]:
-        sample: dict[str, float | None] = {name: process_cpu_seconds(pid) for name, pid in self.pids.items()}
+        sample: dict[str, float | None] = {name: _together(pids) for name, pids in self.pids.items()}
         sample["machine"] = machine_busy_seconds()
         return sample
 
@@ -73,3 +89,9 @@ class CpuMeter:
             if before is not None and after is not None:
                 out[name] = round((after - before) / elapsed, 2)
         return out
+
+
+def _together(pids: list[int]) -> float | None:
+    """CPU seconds of the processes together; None when any is gone."""
+    seconds = [process_cpu_seconds(pid) for pid in pids]
+    return None if any(s is None for s in seconds) else sum(s for s in seconds if s is not None)

@@ -64,6 +64,28 @@ class HealthState:
         return not problems, problems
 
 
+def scorer_routes(registry: CollectorRegistry, health: HealthState) -> dict[str, Route]:
+    """/metrics, /healthz and /readyz of one scoring loop."""
+
+    def metrics(_query: str) -> Response:
+        return Response(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+    def healthz(_query: str) -> Response:
+        ok, detail = health.alive()
+        return json_response(200 if ok else 503, {"alive": ok, "detail": detail})
+
+    def readyz(_query: str) -> Response:
+        ok, problems = health.ready()
+        body = {"ready": ok, "problems": problems, "model_version": health.model_version}
+        return json_response(200 if ok else 503, body)
+
+    return {"/metrics": metrics, "/healthz": healthz, "/readyz": readyz}
+
+
+def json_response(status: int, body: object) -> Response:
+    return Response(status, json.dumps(body).encode(), "application/json")
+
+
 def serve_http(
     host: str,
     port: int,
@@ -71,8 +93,12 @@ def serve_http(
     health: HealthState,
     routes: dict[str, Route] | None = None,
 ) -> ThreadingHTTPServer:
-    """Start the HTTP server in a daemon thread; returns it (call shutdown() to stop)."""
-    pages = dict(routes or {})
+    """Start the HTTP server of one scoring loop in a daemon thread; returns it (call shutdown() to stop)."""
+    return serve_routes(host, port, scorer_routes(registry, health) | dict(routes or {}))
+
+
+def serve_routes(host: str, port: int, routes: dict[str, Route]) -> ThreadingHTTPServer:
+    """Serve GET `routes` (path -> page) in a daemon thread; returns the server."""
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:
@@ -89,24 +115,16 @@ def serve_http(
 
         def do_GET(self) -> None:
             path, _, query = self.path.partition("?")
-            if path == "/metrics":
-                self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                ok, detail = health.alive()
-                self._send(200 if ok else 503, json.dumps({"alive": ok, "detail": detail}).encode(), "application/json")
-            elif path == "/readyz":
-                ok, problems = health.ready()
-                body = {"ready": ok, "problems": problems, "model_version": health.model_version}
-                self._send(200 if ok else 503, json.dumps(body).encode(), "application/json")
-            elif path in pages:
-                try:
-                    response = pages[path](query)
-                except Exception as exc:  # a page must never take the HTTP thread (and the probes) down
-                    log.exception("%s failed", path)
-                    response = Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
-                self._send(response.status, response.body, response.content_type, response.headers)
-            else:
+            page = routes.get(path)
+            if page is None:
                 self._send(404, b"not found\n", "text/plain")
+                return
+            try:
+                response = page(query)
+            except Exception as exc:  # a page must never take the HTTP thread (and the probes) down
+                log.exception("%s failed", path)
+                response = Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
+            self._send(response.status, response.body, response.content_type, response.headers)
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True

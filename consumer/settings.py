@@ -151,6 +151,13 @@ class Settings(BaseSettings):
         description="Stable across restarts of one instance (exactly_once: its transactional id); "
         "default host:metrics_port.",
     )
+    workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="Scoring loops of this instance, each a process with its own consumer in the group "
+        "(0: one per usable core, at most one per events partition).",
+    )
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576)
@@ -181,6 +188,15 @@ class Settings(BaseSettings):
         alert, recovery = self.outputs.churn_alert_threshold, self.outputs.churn_recovery_threshold
         if alert is not None and recovery is not None and recovery > alert:
             raise ValueError("outputs.churn_recovery_threshold must not exceed outputs.churn_alert_threshold")
+        return self
+
+    @model_validator(mode="after")
+    def _workers_have_partitions(self) -> Settings:
+        if self.workers > self.topics.events_partitions:
+            raise ValueError(
+                f"SEQSCORE_WORKERS ({self.workers}) must not exceed SEQSCORE_TOPICS__EVENTS_PARTITIONS "
+                f"({self.topics.events_partitions}): a worker without a partition would never be ready"
+            )
         return self
 
     @classmethod

@@ -37,16 +37,20 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         text = response.read().decode()
     result = Scrape(at=time.monotonic())
-    buckets: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    buckets: dict[str, dict[float, float]] = defaultdict(dict)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, sample.value
+            name, value = sample.name, sample.value
+            labels = {k: v for k, v in sample.labels.items() if k != "worker"}  # several workers: their sum
             if name == "seqscore_stage_seconds_sum":
-                result.stage_seconds[labels["stage"]] = value
+                stage = labels["stage"]
+                result.stage_seconds[stage] = result.stage_seconds.get(stage, 0.0) + value
             elif name.endswith("_bucket") and not labels.get("stage"):
-                buckets[name.removesuffix("_bucket")].append((float(labels["le"]), value))
+                series, le = buckets[name.removesuffix("_bucket")], float(labels["le"])
+                series[le] = series.get(le, 0.0) + value
             elif name.endswith("_sum") and not labels.get("stage"):
-                result.sums[name.removesuffix("_sum")] = value
+                key = name.removesuffix("_sum")
+                result.sums[key] = result.sums.get(key, 0.0) + value
             elif name == "seqscore_consumer_lag_messages":
                 result.lag += value
             elif name == "seqscore_model_info" and value == 1:
@@ -54,7 +58,7 @@ def scrape(url: str, timeout: float = 5.0) -> Scrape:
             elif name.endswith("_total") or name.endswith("_count"):
                 key = name + ("{" + ",".join(f"{k}={v}" for k, v in sorted(labels.items())) + "}" if labels else "")
                 result.counters[key] = result.counters.get(key, 0.0) + value
-    result.buckets = {name: sorted(values) for name, values in buckets.items()}
+    result.buckets = {name: sorted(series.items()) for name, series in buckets.items()}
     return result
 
 

@@ -11,7 +11,7 @@ import pytest
 
 from consumer.bench import TARGETS, steady_state, table
 from consumer.bench_plots import plot_latency
-from consumer.cpu import CpuMeter
+from consumer.cpu import CpuMeter, process_tree
 from consumer.watch import Scrape
 
 
@@ -66,6 +66,10 @@ def test_report_names_every_figure_and_judges_each_target() -> None:
     assert "warm-up" not in text
     assert "inference (CPU, all thread(s))" in text
     assert "inference (CPU, 1 thread(s))" in table(figures(infer_threads=1))
+    assert "one scorer with 1 worker(s)" in text and "one worker" not in text
+    pool = table(figures(workers=2, one_worker={"throughput_eps": 8000.0, "ratio": 1.5}, rss_mb=1800.0))
+    assert "one scorer with 2 worker(s)" in pool and "1,800 MB peak, 2 worker(s) together" in pool
+    assert "one worker            8,000 events/s   (SEQSCORE_WORKERS=1; 2 workers drain 1.50x that)" in pool
     warm = table(figures(latency_warmup={"seconds": 5.0, "p50": 150.0, "p95": 1500.0, "p99": 1800.0, "max": 2000.0,
                                          "n": 20_000}))
     assert "the first 5s, apart from the above: p50 150  p99 1800  max 2000 ms (20,000 outputs)" in warm
@@ -83,6 +87,25 @@ def test_cpu_meter_counts_the_cores_a_process_used_and_leaves_out_unknown_ones()
     cores = meter.cores()
     assert set(cores) == {"me", "machine"}
     assert 0.5 < cores["me"] <= 1.2 and cores["machine"] >= cores["me"] - 0.1
+
+
+def test_the_cpu_meter_adds_up_a_scorer_and_its_workers() -> None:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        tree = process_tree(os.getpid())
+        assert tree[0] == os.getpid() and child.pid in tree
+    finally:
+        child.kill()
+        child.wait(10)
+    meter = CpuMeter({"me": os.getpid(), "me twice": [os.getpid(), os.getpid()]}).start()
+    deadline = time.monotonic() + 0.3
+    while time.monotonic() < deadline:
+        pass
+    cores = meter.cores()
+    assert cores["me twice"] == pytest.approx(2 * cores["me"], abs=0.1), "one figure for the processes together"
 
 
 def test_the_latency_plot_is_written(tmp_path: Path) -> None:
