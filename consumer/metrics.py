@@ -5,7 +5,14 @@ never share counters."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+
+import numpy as np
+from numpy.typing import NDArray
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from consumer.policy import SUPPRESS_REASONS
 from state.events import InvalidReason
@@ -57,11 +64,11 @@ class Metrics:
             buckets=_STAGE_BUCKETS,
             registry=r,
         )
-        self.latency = Histogram(
+        self.latency = BatchHistogram(
             "seqscore_event_to_output_seconds",
             "From the input record's Kafka timestamp to its outputs being produced.",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
+            _LATENCY_BUCKETS,
+            r,
         )
         self.lag_messages = Gauge(
             "seqscore_consumer_lag_messages",
@@ -102,3 +109,36 @@ class Metrics:
         for reason in ("redis", "kafka"):
             self.paused.labels(reason).set(0)
         self.stage_timers = {stage: self.stage.labels(stage) for stage in STAGES}
+
+
+class BatchHistogram:
+    """A Prometheus histogram observed a batch of values at a time. `Histogram.observe` is a
+    Python call and two locked increments per value: for a per-event figure that was 3-4 % of a
+    worker's CPU; here a batch is one `searchsorted` and one `bincount`."""
+
+    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = np.array([*buckets, np.inf])
+        self._counts = np.zeros(len(self.bounds), np.int64)
+        self._sum = 0.0
+        self._lock = threading.Lock()  # the HTTP thread collects while the loop observes
+        registry.register(self)
+
+    def observe_many(self, values: NDArray[np.float64]) -> None:
+        if not len(values):
+            return
+        per_bucket = np.bincount(np.searchsorted(self.bounds, values, side="left"), minlength=len(self.bounds))
+        with self._lock:
+            self._counts += per_bucket
+            self._sum += float(values.sum())
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            cumulative, total = np.cumsum(self._counts).tolist(), self._sum
+        yield HistogramMetricFamily(
+            self.name,
+            self.documentation,
+            buckets=[(floatToGoString(b), float(c)) for b, c in zip(self.bounds.tolist(), cumulative, strict=True)],
+            sum_value=total,
+        )

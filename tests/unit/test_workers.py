@@ -4,6 +4,7 @@ tests/integration/test_workers.py."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,7 +23,7 @@ def worker_metrics(events: int, infer_seconds: float, latency_seconds: float) ->
     metrics.events.inc(events)
     metrics.state.labels("applied").inc(events)
     metrics.stage_timers["infer"].observe(infer_seconds)
-    metrics.latency.observe(latency_seconds)
+    metrics.latency.observe_many(np.array([latency_seconds]))
     metrics.assigned.set(2)
     return generate_latest(metrics.registry).decode()
 
