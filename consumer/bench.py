@@ -38,6 +38,7 @@ from consumer.settings import Settings
 from consumer.topics import ensure_topics
 from consumer.watch import Scrape, scrape
 from consumer.workers import worker_count
+from state.errors import ConfigError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
@@ -133,7 +134,7 @@ def steady_state(samples: list[Scrape], total: int) -> tuple[float, dict[str, fl
     hi_at = next(i for i, s in enumerate(samples) if events(s) >= STEADY[1] * total)
     if hi_at == lo_at:  # drained within one scrape: measure from the scrape before
         if lo_at == 0:
-            raise ValueError(f"{total:,} events were drained before the first scrape; give more --events")
+            raise ConfigError(f"{total:,} events were drained before the first scrape; give more --events")
         lo_at -= 1
     lo, hi = samples[lo_at], samples[hi_at]
     eps = (events(hi) - events(lo)) / max(hi.at - lo.at, 1e-9)

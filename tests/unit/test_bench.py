@@ -13,6 +13,7 @@ from consumer.bench import TARGETS, steady_state, table
 from consumer.bench_plots import plot_latency
 from consumer.cpu import CpuMeter, process_tree
 from consumer.watch import Scrape
+from state.errors import ConfigError
 
 
 def sample(at: float, events: float, infer: float, state: float, poll: float) -> Scrape:
@@ -38,7 +39,7 @@ def test_a_run_drained_within_one_scrape_is_measured_from_the_scrape_before() ->
     samples = [sample(0.0, 0, 0, 0, 1.0), sample(0.2, 10, 0.01, 0.01, 1.0), sample(0.4, 1000, 0.1, 0.1, 1.0)]
     eps, _ = steady_state(samples, 1000)
     assert eps == pytest.approx(990 / 0.2)
-    with pytest.raises(ValueError, match="more --events"):
+    with pytest.raises(ConfigError, match="more --events"):
         steady_state([sample(0.0, 1000, 0, 0, 0)], 1000)
 
 
