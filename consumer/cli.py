@@ -312,8 +312,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from consumer.app import Scorer, install_signal_handlers
     from consumer.settings import load_settings
-    from consumer.workers import WorkerPool, worker_count
+    from consumer.workers import WorkerPool, follow_parent, worker_count
 
+    follow_parent()
     settings = load_settings()
     workers = worker_count(settings)
     if workers > 1:

@@ -45,6 +45,7 @@ from consumer.settings import Settings
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "SEQSCORE_WORKER"  # set in a worker's environment: its index, shown in its log lines
+PARENT_ENV = "SEQSCORE_WORKER_PARENT"  # and the pid of the instance that started it
 RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)
 WATCH_EVERY_S = 0.5
 STOP_TIMEOUT_S = 60.0
@@ -69,9 +70,16 @@ def worker_count(settings: Settings) -> int:
     return settings.workers or min(usable_cores(), settings.topics.events_partitions)
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+def follow_parent() -> None:
+    """In a worker: get SIGTERM when the instance that started it dies (Linux), and stop now
+    if it already died. Set here, after exec, rather than between fork and exec, where a
+    process with threads (the endpoint's) must not run Python."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(parent):
+        raise SystemExit(f"worker {os.environ.get(WORKER_ENV)}: the instance that started it is gone")
 
 
 @dataclass
@@ -116,10 +124,9 @@ class WorkerPool:
             "SEQSCORE_METRICS_PORT": str(worker.port),
             "SEQSCORE_INSTANCE_ID": self._instance_ids[worker.index],  # its own transactional id
             WORKER_ENV: str(worker.index),
+            PARENT_ENV: str(os.getpid()),
         }
-        worker.process = subprocess.Popen(
-            [sys.executable, "-m", "consumer.cli", "serve"], env=env, preexec_fn=_die_with_parent
-        )
+        worker.process = subprocess.Popen([sys.executable, "-m", "consumer.cli", "serve"], env=env)
         worker.served = False
         worker.restart_at = None
         log.info("worker %d started (pid %d)", worker.index, worker.process.pid)

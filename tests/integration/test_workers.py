@@ -26,6 +26,15 @@ pytestmark = pytest.mark.slow
 WORKERS = {"SEQSCORE_WORKERS": "2"}
 
 
+def running_pid(pid: int) -> bool:
+    """Whether the process runs (a zombie waiting to be reaped does not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def test_two_workers_share_the_partitions_behind_one_endpoint_and_survive_a_killed_worker(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
 ) -> None:
@@ -62,7 +71,7 @@ def test_two_workers_share_the_partitions_behind_one_endpoint_and_survive_a_kill
         )
         assert set(second.event_ids()) <= set(after), "no event lost across the restart"
         assert scorer.stop(signal.SIGTERM) == 0
-        assert all(not Path(f"/proc/{pid}").exists() for pid in restarted), "the workers stopped with it"
+        assert not any(running_pid(pid) for pid in restarted), "the workers stopped with it"
     log = (tmp_path / "serve.log").read_text()
     assert "[worker 0]" in log and "[worker 1]" in log and "exited with status -9: restarting it" in log
     assert "Traceback" not in log, log[-3000:]
@@ -82,3 +91,18 @@ def test_a_worker_that_cannot_start_stops_the_instance_with_its_status(
     assert done.returncode == 1 and time.monotonic() - started < 120, done.stderr[-2000:]
     assert "refused the credentials" in done.stderr and "before it served: stopping the instance" in done.stderr
     assert "hunter2-secret" not in done.stderr + done.stdout
+
+
+def test_workers_stop_when_their_instance_is_killed(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path
+) -> None:
+    with running(test_env | WORKERS, tiny_registry, tmp_path / "serve.log") as scorer:
+        scorer.wait_ready()
+        assert scorer.process is not None
+        workers = [pid for pid in process_tree(scorer.process.pid) if pid != scorer.process.pid]
+        assert len(workers) == 2, workers
+        scorer.process.kill()
+        scorer.process.wait(10)
+        wait_for(lambda: not any(running_pid(pid) for pid in workers), timeout=60, what="the orphaned workers to stop")
+    log = (tmp_path / "serve.log").read_text()
+    assert log.count("scorer stopped") == 2, "each worker finished its batch and left the group"
