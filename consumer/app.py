@@ -362,13 +362,15 @@ class Scorer:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self) -> None:
-        self._open()
         s = self.settings
+        # the endpoint first: a port in use stops the scorer before it loads a model and joins
+        # the group, and /readyz says "no model loaded" meanwhile
         page_client = redis.Redis.from_url(s.redis_url, socket_timeout=30)
         page = SegmentsPage(page_client, s.state.key_prefix, self._page_context)
         self.http = serve_http(s.metrics_host, s.metrics_port, self.metrics.registry, self.health, page.routes())
         log.info("serving /metrics /healthz /readyz /segments on %s:%d", s.metrics_host, s.metrics_port)
         try:
+            self._open()
             while not self.stop_requested.is_set():
                 self.step()
         except StopServing as exc:

@@ -13,6 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from state.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -126,7 +128,10 @@ def serve_routes(host: str, port: int, routes: dict[str, Route]) -> ThreadingHTT
                 response = Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
             self._send(response.status, response.body, response.content_type, response.headers)
 
-    server = ThreadingHTTPServer((host, port), Handler)
+    try:
+        server = ThreadingHTTPServer((host, port), Handler)
+    except OSError as exc:  # another process has the port, or the host is not this machine's
+        raise ConfigError(f"SEQSCORE_METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror}") from None
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="seqscore-http", daemon=True).start()
     return server

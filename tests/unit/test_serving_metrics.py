@@ -31,3 +31,17 @@ def test_a_batch_histogram_exposes_what_observing_each_value_would() -> None:
     assert [line for line in got if "_sum" not in line] == [line for line in want if "_sum" not in line]
     (got_sum,), (want_sum,) = ([float(line.split()[-1]) for line in lines if "_sum" in line] for lines in (got, want))
     assert got_sum == pytest.approx(want_sum, rel=1e-12), "the sum, to float rounding (added per batch)"
+
+
+def test_a_metrics_port_in_use_is_one_clear_error_naming_the_setting() -> None:
+    import socket
+
+    from consumer.health import serve_routes
+    from state.errors import ConfigError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"SEQSCORE_METRICS_PORT: cannot listen on 127.0.0.1:{port}: .*in use"):
+            serve_routes("127.0.0.1", port, {})
