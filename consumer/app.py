@@ -31,6 +31,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -613,12 +614,12 @@ class Scorer:
             applied.status[rows] == TOO_LATE,
             self.next_action_policy.name,
         )
-        for customer_id, value in zip(customer_ids, values, strict=True):
-            self.emitter.send(s.topics.next_actions, customer_id, value)
+        self.emitter.send_many(s.topics.next_actions, customer_ids, values)
         self.metrics.predictions.inc(len(values))
         report.predictions = len(values)
 
         threshold = {"alert": self.policy.alert_threshold, "recovery": self.policy.recovery_threshold}
+        alert_keys, alert_values, alert_counts = [], [], Counter[tuple[str, str]]()
         for position, kind in zip(decisions.event, decisions.kind, strict=True):
             row = int(order[position])
             c = int(customer[row])
@@ -634,8 +635,12 @@ class Scorer:
                 int(ts[row]),
                 self.policy.name,
             )
-            self.emitter.send(s.topics.churn_alerts, applied.customers[c], value)
-            self.metrics.alerts.labels(kind, trigger).inc()
+            alert_keys.append(applied.customers[c])
+            alert_values.append(value)
+            alert_counts[kind, trigger] += 1
+        self.emitter.send_many(s.topics.churn_alerts, alert_keys, alert_values)
+        for (kind, trigger), count in alert_counts.items():
+            self.metrics.alerts.labels(kind, trigger).inc(count)
         report.alerts = len(decisions.kind)
         if len(customer):
             # stored with the window, after the outputs are acknowledged: a crash in between
