@@ -1,9 +1,9 @@
 """`seqscore bench`: the whole pipeline on the real local stack, beside a per-event baseline.
 
 Phases, each on fresh topics, a fresh consumer group and a fresh Redis key prefix:
- 1. throughput: N simulated events pre-produced, one `seqscore serve` child drains them;
-    steady state is the 5 %..95 % stretch (start-up and model load excluded), stage shares
-    come from the scorer's own stage histograms over the same stretch;
+ 1. throughput: one `seqscore serve` child (all its workers) in the group, then N simulated
+    events produced, which it drains; steady state is the 5 %..95 % stretch (start-up and
+    model load excluded), stage shares come from the scorer's own stage histograms over it;
  2. latency: a producer at a fixed rate (default half the throughput) for a warm-up and then
     a fixed time; latency is output produce timestamp minus input produce timestamp, both as
     stored by the broker, joined by event_id; outputs of the warm-up's inputs are reported apart;
@@ -215,23 +215,22 @@ class Bench:
     ) -> dict[str, Any]:
         phase = self.phase(tag)
         kafka = self.settings.kafka_config()
-        if instances == 1:
-            send(records, phase.settings.topics.events, kafka, progress=False)
-            note(f"[{tag}] {len(records):,} events pre-produced; draining with one scorer ...")
         logs = [self.workdir / f"{tag}-{i}.log" for i in range(instances)]
         # scale-out runs single-worker instances: the group's members are then the instances
         workers = {"SEQSCORE_WORKERS": str(self.options.workers if instances == 1 else 1)}
         scorers = [ScorerProcess(phase.env | workers | (env or {}), self.registry, log).start() for log in logs]
         try:
+            # every loop in the group first (instances, or an instance's workers, whose readiness
+            # needs partitions for each), or the first to join drains alone while the group
+            # settles: the events are produced once the partitions are shared
             for scorer in scorers:
                 scorer.wait_ready(timeout=300)
-            if instances > 1:  # all members in the group first, or the first one drains alone
-                partitions = phase.settings.topics.events_partitions
-                wait_for(lambda: sum(s.metric("seqscore_assigned_partitions") for s in scorers) == partitions
-                         and all(s.metric("seqscore_assigned_partitions") > 0 for s in scorers),
-                         timeout=120, interval=0.5, what="partitions shared by every instance")
-                send(records, phase.settings.topics.events, kafka, progress=False)
-                note(f"[{tag}] {len(records):,} events produced; {instances} scorers draining ...")
+            partitions = phase.settings.topics.events_partitions
+            wait_for(lambda: sum(s.metric("seqscore_assigned_partitions") for s in scorers) == partitions
+                     and all(s.metric("seqscore_assigned_partitions") > 0 for s in scorers),
+                     timeout=120, interval=0.5, what="partitions shared by every instance")
+            send(records, phase.settings.topics.events, kafka, progress=False)
+            note(f"[{tag}] {len(records):,} events produced; {instances} scorer(s) draining ...")
             samples = drain(scorers, len(records), timeout_s=max(600.0, len(records) / 100))
             rss = max(peak_rss_mb(process_tree(s.process.pid)) for s in scorers if s.process is not None)
             outputs = None
