@@ -15,6 +15,7 @@ from typing import NoReturn
 from state.errors import ConfigError, SeqscoreError
 
 EXIT_USAGE = 2
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -312,9 +313,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from consumer.app import Scorer, install_signal_handlers
     from consumer.settings import load_settings
-    from consumer.workers import WorkerPool, follow_parent, worker_count
+    from consumer.workers import WORKER_ENV, WorkerPool, follow_parent, worker_count
 
     follow_parent()
+    if index := os.environ.get(WORKER_ENV):  # a worker of an instance: say which in every line
+        worker_format = logging.Formatter(LOG_FORMAT.replace("%(name)s", f"[worker {index}] %(name)s"))
+        for handler in logging.getLogger().handlers:
+            handler.setFormatter(worker_format)
     settings = load_settings()
     workers = worker_count(settings)
     if workers > 1:
@@ -632,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         stream=sys.stderr,
-        format=f"%(asctime)s %(levelname)s {_worker_tag()}%(name)s: %(message)s",
+        format=LOG_FORMAT,
     )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
@@ -652,14 +657,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"seqscore {args.command}: {_redacted(message)}", file=sys.stderr)
         return 1
-
-
-def _worker_tag() -> str:
-    """`[worker N] ` in a worker's log lines (serve with several workers), else nothing."""
-    from consumer.workers import WORKER_ENV
-
-    index = os.environ.get(WORKER_ENV)
-    return f"[worker {index}] " if index else ""
 
 
 def _redacted(text: str) -> str:

@@ -27,8 +27,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,7 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from consumer.harness import free_port
+from consumer.harness import free_port, http_get
 from consumer.health import Response, json_response, serve_routes
 from consumer.settings import Settings
 
@@ -93,13 +91,7 @@ class Worker:
 
     def get(self, path: str) -> tuple[int, bytes]:
         """(status, body) of its endpoint; (0, b"") when it does not answer."""
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=WORKER_HTTP_TIMEOUT_S) as r:
-                return r.status, r.read()
-        except urllib.error.HTTPError as exc:
-            return exc.code, exc.read()
-        except OSError:
-            return 0, b""
+        return http_get(f"http://127.0.0.1:{self.port}{path}", WORKER_HTTP_TIMEOUT_S)
 
     @property
     def running(self) -> bool:
