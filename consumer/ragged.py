@@ -109,7 +109,10 @@ class RaggedForward:
             tf.TensorSpec((None, None), tf.float32, name="context"),
             tf.TensorSpec((length,), tf.int32, name="starts"),
         ]
-        function = self._functions[length] = tf.function(forward, input_signature=signature)
+        # called as its one concrete function: the polymorphic function binds and casts every
+        # call's inputs against the signature again, 0.4-0.7 ms of a 1.2-1.6 ms call at 200
+        # rows, which the small batches of a moderate stream pay once per batch
+        function = self._functions[length] = tf.function(forward, input_signature=signature).get_concrete_function()
         return function
 
     def __call__(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
