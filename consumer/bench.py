@@ -389,6 +389,8 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     import redis
     import tensorflow as tf
 
+    from training.train import code_version
+
     cpu = "unknown"
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -399,6 +401,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
         pass
     redis_version = redis.Redis.from_url(settings.redis_url).info("server").get("redis_version", "?")
     return {
+        "seqscore": code_version(),
         "cpu": cpu,
         "cores": os.cpu_count(),
         "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
@@ -513,7 +516,8 @@ def table(r: dict[str, Any]) -> str:
     lines = [
         f"seqscore bench: {r['events']:,} events of {r['customers']:,} customers, window {r['window']}, "
         f"LSTM {r['model_units']}, max batch {r['max_batch']}, {r['repeat']} run(s)",
-        f"machine          {machine['cores']} cores ({machine['cpu']}), TF {machine['tensorflow']}, "
+        f"machine          {machine['cores']} cores ({machine['cpu']}), seqscore {machine.get('seqscore', '?')}, "
+        f"TF {machine['tensorflow']}, "
         f"Redis {machine['redis_server']}, librdkafka {machine['librdkafka']}",
         f"throughput       {r['throughput_eps']:>10,.0f} events/s   runs {r['throughput_runs_eps']}, "
         f"one scorer with {r.get('workers', 1)} worker(s)",

@@ -261,7 +261,8 @@ def scoring_points(
     return points
 
 
-def _code_version() -> str:
+def code_version() -> str:
+    """The package version, with the git commit where this runs from a checkout."""
     from importlib.metadata import version
 
     try:
@@ -462,7 +463,7 @@ def run(options: TrainOptions) -> dict[str, Any]:
         "format": 1,
         "version": version,
         "created_at": _iso(int(time.time())),
-        "code_version": _code_version(),
+        "code_version": code_version(),
         "model_file": MODEL_FILE,
         "data": {
             "source": options.events,

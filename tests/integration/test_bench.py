@@ -48,6 +48,7 @@ def test_bench_reports_every_figure_and_cleans_up(test_env: dict[str, str], tiny
     eos = figures["exactly_once"]
     assert eos["throughput_eps"] > 0
     assert eos["ratio"] == pytest.approx(eos["throughput_eps"] / figures["throughput_eps"], rel=1e-2)
+    assert figures["machine"]["seqscore"].startswith("0.") and figures["machine"]["librdkafka"]
     assert "throughput" in result.stdout and "exactly-once" in result.stdout and "targets" in result.stdout
     (run_id,) = [p.name for p in (tmp_path / "data" / "bench").iterdir()]
     admin = AdminClient({"bootstrap.servers": test_env["SEQSCORE_KAFKA_BOOTSTRAP"]})
