@@ -33,6 +33,7 @@ from numpy.typing import NDArray
 from consumer.bench_plots import plot_latency, split_warmup
 from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds, process_tree
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
+from consumer.infer_alone import time_batches
 from consumer.loadgen import event_values, send
 from consumer.settings import Settings
 from consumer.topics import ensure_topics
@@ -42,7 +43,6 @@ from state.errors import ConfigError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
-BATCH_SIZES = (1, 32, 256, 1024, 4096)
 BASELINE_EVENTS = 2_000  # design.md "Bench defaults": the per-event baseline runs on a ~2k sample
 BASELINE_WARMUP = 50
 STEADY = (0.05, 0.95)
@@ -366,24 +366,6 @@ def percentiles(delay_ms: NDArray[np.float64]) -> dict[str, float]:
     return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(delay_ms.max())}
 
 
-def inference_alone(runner: Any, inputs: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Sequences/s and ms per call for each batch size (median of calls over about 1 s)."""
-    out = {}
-    for size in BATCH_SIZES:
-        reps = -(-size // len(inputs["tokens"]))
-        batch = {k: np.concatenate([v] * reps)[:size] for k, v in inputs.items()}
-        runner.infer(batch)
-        times: list[float] = []
-        started = time.monotonic()
-        while len(times) < 3 or (time.monotonic() - started < 1.0 and len(times) < 200):
-            t = time.perf_counter()
-            runner.infer(batch)
-            times.append(time.perf_counter() - t)
-        median = statistics.median(times)
-        out[str(size)] = {"sps": size / median, "ms_per_batch": median * 1000}
-    return out
-
-
 def machine_info(settings: Settings) -> dict[str, Any]:
     import confluent_kafka
     import redis
@@ -417,7 +399,7 @@ def machine_info(settings: Settings) -> dict[str, Any]:
 
 def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from consumer.scoring import ModelRunner, configure_threads
-    from training.registry import resolve_model_dir
+    from training.registry import resolve_model_dir, smoke_inputs
 
     # inference alone and the baseline run in this process, on the scorer's thread count; it is
     # fixed at TensorFlow's first op, which training the bench's model would be
@@ -437,8 +419,6 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
         rate = options.rate or throughput / 2
         stream_seconds = options.warmup_seconds + options.latency_seconds + 5
         latency = bench.latency(rate, bench.records(int(rate * stream_seconds), options.seed + 2))
-        smoke = runner.manifest["smoke"]["inputs"]
-        sample = {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke.items()}
         result: dict[str, Any] = {
             "throughput_eps": round(throughput, 1),
             "throughput_runs_eps": [round(r["eps"], 1) for r in runs],
@@ -451,7 +431,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "latency_cpu_cores": latency["cpu_cores"],
             "plots": [latency["plot"]],
             "stage_share": middle["stage_share"],
-            "infer_sps_by_batch": inference_alone(runner, sample),
+            "infer_sps_by_batch": time_batches(runner.infer, smoke_inputs(runner.manifest)),
             "infer_device": runner.device,
             "infer_threads": settings.model.threads,
             "workers": worker_count(settings.model_copy(update={"workers": options.workers})),

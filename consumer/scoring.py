@@ -29,6 +29,7 @@ from numpy.typing import NDArray
 from consumer.ragged import RaggedForward, unsupported
 from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
 from state.errors import SeqscoreError
+from training.registry import load_model, smoke_inputs
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,6 @@ class ModelRunner:
         configure_threads(threads)
         import tensorflow as tf
 
-        from training.registry import load_model
 
         started = time.monotonic()
         try:
@@ -195,8 +195,7 @@ class ModelRunner:
         smoke = self.manifest.get("smoke")
         if not smoke:
             raise ModelRefused(f"{self.version}: manifest has no smoke sample")
-        inputs = {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke["inputs"].items()}
-        next_proba, churn = self.infer(inputs)
+        next_proba, churn = self.infer(smoke_inputs(self.manifest))
         self._refuse_non_finite(next_proba, churn, "smoke check")
         drift = max(
             float(np.abs(next_proba - np.asarray(smoke["next"])).max()),

@@ -11,6 +11,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from state.errors import ConfigError
 
 CURRENT = "CURRENT"
@@ -116,6 +119,12 @@ def resolve_model_dir(path: Path) -> Path:
     if current is None:
         raise ConfigError(f"{path}: neither a model version directory nor a registry with a {CURRENT} version")
     return registry.path(current)
+
+
+def smoke_inputs(manifest: dict[str, Any]) -> dict[str, NDArray[Any]]:
+    """The model's inputs for the sample windows a manifest records (serving re-scores them)."""
+    smoke = manifest["smoke"]["inputs"]
+    return {k: np.asarray(v, dtype=np.int32 if k == "tokens" else np.float32) for k, v in smoke.items()}
 
 
 def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
