@@ -35,11 +35,11 @@ from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds, process_tree
 from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
 from consumer.infer_alone import time_batches
 from consumer.loadgen import event_values, send
-from consumer.settings import Settings
-from consumer.topics import ensure_topics
+from consumer.settings import Settings, mask_url
+from consumer.topics import ensure_topics, topic_names
 from consumer.watch import Scrape, scrape
 from consumer.workers import worker_count
-from state.errors import ConfigError
+from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
@@ -397,6 +397,24 @@ def machine_info(settings: Settings) -> dict[str, Any]:
     }
 
 
+def preflight(settings: Settings, timeout_s: float = 10.0) -> None:
+    """Kafka and Redis answer before a model is trained for the run: a stack that is not up is
+    one line within seconds, naming each service that did not answer."""
+    import redis
+
+    problems = []
+    try:
+        topic_names(settings, timeout_s)
+    except KafkaUnavailable as exc:
+        problems.append(str(exc))
+    try:
+        redis.Redis.from_url(settings.redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
+    except redis.RedisError as exc:
+        problems.append(f"Redis at {mask_url(settings.redis_url)}: {type(exc).__name__}: {exc}")
+    if problems:
+        raise SeqscoreError("; ".join(problems) + " (the bench runs on the local stack: deploy/stack up)")
+
+
 def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from consumer.scoring import ModelRunner, configure_threads
     from training.registry import resolve_model_dir, smoke_inputs
@@ -404,6 +422,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
     # inference alone and the baseline run in this process, on the scorer's thread count; it is
     # fixed at TensorFlow's first op, which training the bench's model would be
     configure_threads(settings.model.threads)
+    preflight(settings)
     bench = Bench(options, settings)
     try:
         bench.registry = bench.model()

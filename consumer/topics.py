@@ -35,28 +35,7 @@ REFUSALS = (KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENT
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create every missing project topic; return the names created now. Wrong credentials or
     TLS settings are one clear error at once (this is the first Kafka call of `serve`)."""
-    errors: list[KafkaError] = []
-    # the client's own log lines would repeat each failed attempt; errors come back through
-    # error_cb and are raised below, one line, with what librdkafka said
-    admin = AdminClient(settings.kafka_config(error_cb=errors.append, log_level=2))
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            existing = set(admin.list_topics(timeout=max(0.1, min(2.0, deadline - time.monotonic()))).topics)
-            break
-        except KafkaException as exc:
-            admin.poll(0)  # serves error_cb
-            refused = next((e for e in errors if e.code() in REFUSALS), None)
-            if refused is not None:
-                raise KafkaUnavailable(
-                    f"Kafka at {settings.kafka_bootstrap} refused the connection: {refused.str()} "
-                    "(check SEQSCORE_KAFKA__SECURITY_PROTOCOL, __SASL_USERNAME, __SASL_PASSWORD, __SSL_CA_LOCATION)"
-                ) from None
-            if time.monotonic() >= deadline:
-                last = f" (last error: {errors[-1].str()})" if errors else ""
-                raise KafkaUnavailable(
-                    f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:g}s: {exc}{last}"
-                ) from exc
+    admin, existing = _admin_and_topics(settings, timeout_s)
     missing = [spec for spec in topic_specs(settings) if spec.topic not in existing]
     if not missing:
         return []
@@ -70,3 +49,32 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 raise KafkaUnavailable(f"creating topic {name} failed: {exc}") from exc
     log.info("created topics: %s", ", ".join(created))
     return created
+
+
+def topic_names(settings: Settings, timeout_s: float = 30.0) -> set[str]:
+    """The broker's topics: a check that Kafka answers with these settings, as `serve` makes it."""
+    return _admin_and_topics(settings, timeout_s)[1]
+
+
+def _admin_and_topics(settings: Settings, timeout_s: float) -> tuple[AdminClient, set[str]]:
+    errors: list[KafkaError] = []
+    # the client's own log lines would repeat each failed attempt; errors come back through
+    # error_cb and are raised below, one line, with what librdkafka said
+    admin = AdminClient(settings.kafka_config(error_cb=errors.append, log_level=2))
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return admin, set(admin.list_topics(timeout=max(0.1, min(2.0, deadline - time.monotonic()))).topics)
+        except KafkaException as exc:
+            admin.poll(0)  # serves error_cb
+            refused = next((e for e in errors if e.code() in REFUSALS), None)
+            if refused is not None:
+                raise KafkaUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap} refused the connection: {refused.str()} "
+                    "(check SEQSCORE_KAFKA__SECURITY_PROTOCOL, __SASL_USERNAME, __SASL_PASSWORD, __SSL_CA_LOCATION)"
+                ) from None
+            if time.monotonic() >= deadline:
+                last = f" (last error: {errors[-1].str()})" if errors else ""
+                raise KafkaUnavailable(
+                    f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout_s:g}s: {exc}{last}"
+                ) from exc

@@ -130,3 +130,17 @@ def test_the_warm_up_is_split_by_when_each_input_was_produced() -> None:
     assert np.isnan(percentiles(np.zeros(0))["p99"])  # a warm-up of 0 s has no outputs
     no_warmup, none = split_warmup(sent_s, delays, 0.0)
     assert len(no_warmup) == 6 and len(none) == 0
+
+
+def test_a_stack_that_is_not_up_is_one_line_naming_each_service_before_any_training() -> None:
+    from consumer.bench import preflight
+    from consumer.settings import load_settings
+    from state.errors import SeqscoreError
+
+    # port 1: nothing listens there, so both refuse at once
+    settings = load_settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://:secret@127.0.0.1:1/0")
+    with pytest.raises(SeqscoreError) as raised:
+        preflight(settings, timeout_s=1.0)
+    message = str(raised.value)
+    assert "Kafka at 127.0.0.1:1 did not answer" in message and "Redis at redis://" in message
+    assert "deploy/stack up" in message and "secret" not in message and "\n" not in message
