@@ -77,7 +77,6 @@ class ModelRunner:
         configure_threads(threads)
         import tensorflow as tf
 
-
         started = time.monotonic()
         try:
             loaded, self.manifest = load_model(model_dir)
