@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test unit demo up down status lint schemas clean
+.PHONY: venv test unit demo up down status lint schemas quality clean
 
 venv: $(STAMP)
 
@@ -39,6 +39,9 @@ lint: venv
 
 schemas: venv
 	$(VENV)/bin/seqscore schemas
+
+quality: venv               ## docs/quality.md: default training on the simulator and the real logs in DATA
+	$(PY) -m training.quality --data $(or $(DATA),../shared/data) --out docs/quality.md
 
 clean:
 	deploy/stack wipe

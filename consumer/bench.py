@@ -201,7 +201,7 @@ class Bench:
         write_table(history_table(simulate(min(self.options.customers, 4000), seed=self.options.seed + 1)), events)
         note(f"training a model (window {self.options.window}, LSTM 64) for the benchmark ...")
         run(TrainOptions(events=str(events), registry=self.workdir / "models", window=self.options.window,
-                         epochs=2, seed=self.options.seed, promote="always"))
+                         epochs=2, trials=1, refit=False, seed=self.options.seed, promote="always"))
         return self.workdir / "models"
 
     def phase(self, tag: str) -> Phase:

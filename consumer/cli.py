@@ -9,10 +9,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import NoReturn
 
 from state.errors import ConfigError, SeqscoreError
+from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW
 
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,6 +55,22 @@ def _fraction(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
     return value
+
+
+def _alert_policy(text: str) -> object:
+    from training.alerts import AlertPolicy
+
+    kind, _, value = text.partition(":")
+    if kind == "f1" and not value:
+        return AlertPolicy("f1", 0.0)
+    if kind in ("budget", "precision"):
+        try:
+            share = float(value)
+        except ValueError:
+            share = -1.0
+        if 0.0 < share < 1.0:
+            return AlertPolicy(kind, share)
+    raise argparse.ArgumentTypeError(f"expected budget:SHARE, precision:TARGET (between 0 and 1) or f1, got '{text}'")
 
 
 def _non_negative_float(text: str) -> float:
@@ -219,19 +237,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from training.model import ModelConfig
     from training.train import TrainOptions, run
 
+    given = {"units": args.units, "layers": args.layers, "batch_size": args.batch_size, "window": args.window}
+    fixed = {name: value for name, value in given.items() if value is not None}
     options = TrainOptions(
         events=args.events,
         registry=args.registry,
         profiles=args.profiles,
         level=args.level,
-        window=args.window,
+        window=args.window or DEFAULT_WINDOW,
         horizon_days=args.churn_horizon_days,
         split=args.split,
         fractions=args.fractions,
         epochs=args.epochs,
+        trials=args.trials,
+        budget_s=args.budget,
         seed=args.seed,
         promote=args.promote,
-        model=ModelConfig(units=args.units, layers=args.layers, batch_size=args.batch_size),
+        fixed=fixed,
+        alerts=args.alerts,
+        model=replace(ModelConfig(), **{k: v for k, v in fixed.items() if k != "window"}),
     )
     manifest = run(options)
     result = {"version": manifest["version"], "promotion": manifest["promotion"], "metrics": manifest["metrics"]}
@@ -518,7 +542,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
     p.add_argument("--profiles", help="customer profiles .csv/.parquet (customer_id, gender, age_group)")
     p.add_argument("--level", choices=("coarse", "fine"), default="coarse")
-    p.add_argument("--window", type=_positive_int, default=50)
+    p.add_argument(
+        "--window",
+        type=_positive_int,
+        default=None,
+        help=f"events per window (default: chosen, at most {DEFAULT_WINDOW})",
+    )
     p.add_argument("--churn-horizon-days", type=_positive_int, default=120)
     p.add_argument("--split", choices=("time", "customer"), default="time")
     p.add_argument("--fractions", type=_fractions, default=(0.7, 0.15, 0.15))
@@ -526,13 +555,29 @@ def build_parser() -> argparse.ArgumentParser:
         "--epochs",
         type=_positive_int,
         default=None,
-        help="maximum epochs (default: sized to the data, 8-60; early stopping on validation loss)",
+        help="maximum epochs (default: sized to the data; early stopping on validation loss)",
+    )
+    p.add_argument(
+        "--trials",
+        type=_positive_int,
+        default=None,
+        help="recipe search trials (default: sized to the data; 1 = the default recipe)",
+    )
+    p.add_argument(
+        "--budget", type=_int_in(10), default=int(DEFAULT_BUDGET_S), help="wall-clock cap of the recipe search, seconds"
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", choices=("auto", "always", "never"), default="auto")
-    p.add_argument("--units", type=_positive_int, default=64, help="LSTM units")
-    p.add_argument("--layers", type=int, choices=(1, 2, 3), default=1, help="LSTM layers")
-    p.add_argument("--batch-size", type=_positive_int, default=128)
+    p.add_argument(
+        "--alerts",
+        type=_alert_policy,
+        default="budget:0.02",
+        help="churn alert threshold: budget:SHARE of the customers scored per day (default budget:0.02), "
+        "precision:TARGET, or f1",
+    )
+    p.add_argument("--units", type=_positive_int, default=None, help="LSTM units (default: chosen)")
+    p.add_argument("--layers", type=int, choices=(1, 2, 3), default=None, help="LSTM layers (default: chosen)")
+    p.add_argument("--batch-size", type=_positive_int, default=None, help="(default: chosen)")
     p.add_argument("--json", action="store_true", help="print version, promotion and metrics as JSON")
     p.set_defaults(func=cmd_train)
 

@@ -11,7 +11,8 @@ Inputs go in time-major, so a step's rows are one contiguous slice. The token em
 input projection (embedding x kernel + bias) is folded into one table per token: a step
 gathers its rows' projections instead of multiplying the embedding again.
 
-Only the recurrent part is rewritten; the heads are the model's own layers. A model this
+Only the recurrent part is rewritten; the heads are the model's own layers, applied by the
+same function as in the serving graph (training/model.py, apply_heads). A model this
 does not describe (another activation, a backwards or stateful LSTM) is served by the Keras
 graph instead (`unsupported` says why).
 """
@@ -23,7 +24,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from state.encoding import N_STEP_FEATURES
+from state.encoding import N_STEP_FEATURES, SHORT_GAP_FEATURE
+from training.model import HEAD_LAYERS, apply_heads
+from training.ngram import MAX_ORDER as NGRAM_ORDER
 
 
 def unsupported(model: Any) -> str | None:
@@ -40,7 +43,7 @@ def unsupported(model: Any) -> str | None:
         if not cell.use_bias or layer.go_backwards or layer.stateful or not layer.return_sequences:
             return f"{layer.name}: not a plain forward LSTM over the sequence"
     names = {layer.name for layer in model.layers}
-    missing = {"embedding", "join_last", "hidden", "next", "churn"} - names
+    missing = {"embedding", *HEAD_LAYERS} - names
     return f"layers missing: {sorted(missing)}" if missing else None
 
 
@@ -64,7 +67,8 @@ class RaggedForward:
             (tf.constant(kernel), tf.constant(recurrent), tf.constant(bias))
             for kernel, recurrent, bias in (layer.get_weights() for layer in lstms)
         ]
-        self._heads = [model.get_layer(name) for name in ("join_last", "hidden", "next", "churn")]
+        self._layer = model.get_layer
+        self._with_profile = any(layer.name == "join_last" for layer in model.layers)
         self._functions: dict[int, Any] = {}
 
     def _function(self, length: int) -> Any:
@@ -72,7 +76,7 @@ class RaggedForward:
 
         if length in self._functions:
             return self._functions[length]
-        join, hidden, next_head, churn_head = self._heads
+        layer, with_profile = self._layer, self._with_profile
         table, step_kernel, layers, units = self._token_projection, self._step_kernel, self._layers, self.units
 
         def cell(z: Any, c: Any) -> tuple[Any, Any]:
@@ -100,8 +104,8 @@ class RaggedForward:
                     x = h[k]
                 active_from = start
             last = tf.concat([tf.zeros((active_from, units[-1])), h[-1]], 0)
-            out = hidden(join([last, context]))
-            return next_head(out), churn_head(out)
+            newest_tokens = tf.transpose(tokens[-NGRAM_ORDER:])  # batch-major, as the n-gram reads them
+            return apply_heads(layer, last, context, newest_tokens, steps[-1, :, SHORT_GAP_FEATURE], with_profile)
 
         signature = [
             tf.TensorSpec((length, None), tf.int32, name="tokens"),

@@ -248,12 +248,9 @@ def _in_chunks(
 
 def any_length_copy(model: Any, spec: FeatureSpec, config: dict[str, Any]) -> Any:
     """The serving model rebuilt for any sequence length, with the loaded model's weights."""
-    from dataclasses import fields
+    from training.model import ModelConfig, build_models, ngram_config
 
-    from training.model import ModelConfig, build_models
-
-    known = {f.name for f in fields(ModelConfig)}
-    _, serving = build_models(spec, ModelConfig(**{k: v for k, v in config.items() if k in known}), window=None)
+    _, serving = build_models(spec, ModelConfig.from_dict(config), ngram_config(model), window=None)
     for layer in serving.layers:
         if layer.weights:
             layer.set_weights(model.get_layer(layer.name).get_weights())

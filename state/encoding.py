@@ -8,13 +8,20 @@ Model input for a batch of n windows of length L (pre-padded: real events sit ne
 to the output, which matters for recurrent nets; token 0 = padding, 1 = unknown):
 
 - `tokens`  int32   (n, L)     activity tokens
-- `steps`   float32 (n, L, 3)  per event: gap since the previous event in the window,
-                               tenure (time since the customer's first event), events so far
+- `steps`   float32 (n, L, 8)  per event: gap since the previous event in the window,
+                               tenure (time since the customer's first event), events so far,
+                               the gap again on a scale of seconds, then the event's time of
+                               day and day of week (sin, cos each; UTC)
 - `context` float32 (n, C)     at scoring time: elapsed time since the last event, and the
                                optional profile (gender, age group one-hot; all zero if unknown)
 
-Times enter as log1p(days) divided by scaling constants learned from the training
-data and stored in the manifest, then clipped to [0, 2].
+Durations enter as log1p(days) divided by scaling constants learned from the training
+data and stored in the manifest, then clipped to [0, 2]. In process logs the order of
+work within a day carries much of the signal (two steps logged in the same second are
+one action), which log1p(days) flattens to zero, so the gap enters a second time as
+log1p(seconds) over a fixed year, where 0 s, a second, a minute and an hour stay apart.
+The clock features are points
+on the unit circle, so 23:59 sits next to 00:00 and Sunday next to Monday.
 """
 
 from __future__ import annotations
@@ -29,8 +36,15 @@ from numpy.typing import NDArray
 PAD_TOKEN = 0
 OOV_TOKEN = 1
 FIRST_TOKEN = 2
-N_STEP_FEATURES = 3
+N_STEP_FEATURES = 8
+SECONDS_SCALE = float(np.log1p(365 * 86_400))  # log1p(seconds) of a year: the short-gap feature's 1.0
+SHORT_GAP_FEATURE = 3  # index of that feature in `steps`
+# the n-gram's gap buckets (training/ngram.py): the same second, a minute, an hour, a day, longer;
+# edges at half seconds, so that no whole-second gap sits on an edge after rounding
+GAP_BUCKET_SECONDS = (0.5, 59.5, 3599.5, 86399.5)
 DAY = 86_400.0
+WEEK_DAYS = 7
+EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday; Monday = 0
 GENDERS = ("F", "M", "X")
 AGE_GROUPS = ("18-24", "25-34", "35-44", "45-54", "55-64", "65+")
 _MAX_SCALED = 2.0
@@ -140,7 +154,8 @@ def _scaled_days(seconds: NDArray[Any], scale: float) -> FloatArray:
 def step_features(
     ts: Int64Array, codes: CodeArray, count: Int64Array, first_ts: Int64Array, spec: FeatureSpec
 ) -> FloatArray:
-    """(n, L, 3): gap since the previous event in the window, tenure, events so far."""
+    """(n, L, 8): gap since the previous event in the window, tenure, events so far, the gap
+    in log seconds, time of day and day of week (each as sin, cos)."""
     real = codes != 0
     gaps = np.zeros(ts.shape, dtype=np.int64)
     gaps[:, 1:] = np.where(real[:, :-1] & real[:, 1:], ts[:, 1:] - ts[:, :-1], 0)
@@ -152,7 +167,32 @@ def step_features(
     out[..., 0] = _scaled_days(gaps, spec.gap_scale)
     out[..., 1] = _scaled_days(tenure, spec.tenure_scale)
     out[..., 2] = (np.log1p(np.maximum(so_far, 0)) / spec.count_scale).clip(0, _MAX_SCALED)
+    out[..., SHORT_GAP_FEATURE] = short_gap_feature(gaps)
+    out[..., 4:] = clock_features(ts)
     return np.where(real[..., None], out, 0.0).astype(np.float32)
+
+
+def short_gap_feature(gap_seconds: NDArray[Any]) -> FloatArray:
+    """log1p(seconds) over a year, clipped: the gap on the scale where process steps differ."""
+    return np.minimum(np.log1p(np.maximum(gap_seconds, 0)) / SECONDS_SCALE, _MAX_SCALED).astype(np.float32)
+
+
+GAP_BUCKET_EDGES = short_gap_feature(np.array(GAP_BUCKET_SECONDS))
+
+
+def gap_bucket(feature: FloatArray) -> Int64Array:
+    """0..len(GAP_BUCKET_SECONDS): which bucket a short-gap feature value falls in (the served
+    model computes the same from its `steps` input: training/layers.py)."""
+    return np.sum(np.asarray(feature, np.float32)[..., None] >= GAP_BUCKET_EDGES, axis=-1).astype(np.int64)
+
+
+def clock_features(ts: Int64Array) -> FloatArray:
+    """(..., 4): time of day and day of week of epoch seconds `ts` (UTC), as sin and cos."""
+    days = np.asarray(ts, dtype=np.int64) // int(DAY)
+    day_turn = (np.asarray(ts, dtype=np.int64) - days * int(DAY)) / DAY
+    week_turn = (((days + EPOCH_WEEKDAY) % WEEK_DAYS) + day_turn) / WEEK_DAYS
+    angles = np.stack([day_turn, week_turn], axis=-1) * (2 * np.pi)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=-1).astype(np.float32)
 
 
 def context_features(

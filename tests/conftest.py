@@ -113,7 +113,7 @@ def _trained_registry(root: Path, customers: int, epochs: int, units: int) -> Pa
 
     events = root / "history.parquet"
     write_table(history_table(simulate(customers, seed=77)), events)
-    run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=epochs, seed=1,
+    run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=epochs, seed=1, trials=1,
                      model=ModelConfig(units=units, dense_units=units)))
     return root / "models"
 

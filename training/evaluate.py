@@ -19,9 +19,11 @@ from state.encoding import DAY, FIRST_TOKEN, FeatureSpec, encode, gather_windows
 from training import bgnbd, metrics
 from training.baselines import NgramBackoff, markov, most_frequent
 from training.history import History
-from training.labels import churn_labels, next_event_ts
+from training.labels import SilencePoints, as_of_points, churn_labels, next_event_ts
 
 SCORE_BATCH = 8192
+NO_NEXT_EVENT = -1  # next_class: nothing to predict (the customer's last event, or outside the period)
+UNSEEN_NEXT = -2  # next_class: a next event whose activity training never saw, a miss for every model
 
 
 @dataclass
@@ -30,7 +32,7 @@ class ScoringSet:
 
     ends: NDArray[np.int64]
     score_ts: NDArray[np.int64]
-    next_class: NDArray[np.int64]  # -1: no known next event, or outside the vocabulary
+    next_class: NDArray[np.int64]  # NO_NEXT_EVENT, UNSEEN_NEXT, or the next activity's class
     churn_label: NDArray[np.float32]
     churn_known: NDArray[np.bool_]
 
@@ -47,33 +49,51 @@ def class_of_tokens(tokens: NDArray[np.int64]) -> NDArray[np.int64]:
     return np.where(tokens >= FIRST_TOKEN, tokens - FIRST_TOKEN, -1)
 
 
+def next_classes(
+    history: History, spec: FeatureSpec, ends: NDArray[np.int64], has_next: NDArray[np.bool_]
+) -> NDArray[np.int64]:
+    """The class of the event after each of `ends`: UNSEEN_NEXT for an activity outside the
+    vocabulary (counted as a miss, as the outside check counts it), NO_NEXT_EVENT without one."""
+    tokens = spec.tokens(history.codes(spec.level))
+    following = class_of_tokens(tokens[np.minimum(ends + 1, len(tokens) - 1)])
+    return np.where(has_next, np.where(following >= 0, following, UNSEEN_NEXT), NO_NEXT_EVENT)
+
+
 def prefix_set(
     history: History, spec: FeatureSpec, events: NDArray[np.bool_], data_end: int, horizon_days: float
 ) -> ScoringSet:
     """Score at each selected event; labels use the events before `data_end` only."""
     ends = np.flatnonzero(events).astype(np.int64)
-    tokens = spec.tokens(history.codes(spec.level))
     nxt = next_event_ts(history.ts, history.seq_start)
-    has_next = nxt[ends] < data_end
-    next_class = np.where(has_next, class_of_tokens(tokens[np.minimum(ends + 1, len(tokens) - 1)]), -1)
+    next_class = next_classes(history, spec, ends, nxt[ends] < data_end)
     label, known = churn_labels(history.ts[ends], nxt[ends], data_end, horizon_days)
     return ScoringSet(ends, history.ts[ends].copy(), next_class, label, known)
 
 
 def as_of_set(history: History, spec: FeatureSpec, as_of: int, horizon_days: float) -> ScoringSet:
     """Every customer with an event before `as_of`, scored at `as_of` from those events."""
-    before = history.ts < as_of
-    last_before = before & np.append(~before[1:] | history.seq_start[1:], True)
-    ends = np.flatnonzero(last_before).astype(np.int64)
-    # nobody is censored when the data runs past as_of + horizon: labels come from [as_of, as_of + horizon)
+    return as_of_set_at(history, spec, np.array([as_of], dtype=np.int64), horizon_days)
+
+
+def as_of_set_at(
+    history: History,
+    spec: FeatureSpec,
+    dates: NDArray[np.int64],
+    horizon_days: float,
+    customers: NDArray[np.bool_] | None = None,
+) -> ScoringSet:
+    """Every customer (of `customers`, default all) with an event before each date, scored at
+    that date from those events. Nobody is censored when the data runs past date + horizon:
+    labels come from [date, date + horizon)."""
     data_end = int(history.ts.max()) + 1
-    tokens = spec.tokens(history.codes(spec.level))
+    points = as_of_points(history.ts, history.seq_start, dates, data_end, horizon_days)
+    if customers is not None:
+        keep = customers[history.customer[points.ends]]
+        points = SilencePoints(points.ends[keep], points.score_ts[keep], points.label[keep], points.weight[keep])
+    ends = points.ends
     nxt = next_event_ts(history.ts, history.seq_start)
-    has_next = nxt[ends] < data_end
-    next_class = np.where(has_next, class_of_tokens(tokens[np.minimum(ends + 1, len(tokens) - 1)]), -1)
-    score_ts = np.full(len(ends), as_of, dtype=np.int64)
-    label, known = churn_labels(score_ts, nxt[ends], data_end, horizon_days)
-    return ScoringSet(ends, score_ts, next_class, label, known)
+    next_class = next_classes(history, spec, ends, nxt[ends] < data_end)
+    return ScoringSet(ends, points.score_ts, next_class, points.label, np.ones(len(ends), dtype=bool))
 
 
 def predict(
@@ -105,10 +125,11 @@ def predict(
 
 
 def next_action_metrics(proba: NDArray[Any], target: NDArray[np.int64], names: list[str]) -> dict[str, Any]:
-    rows = target >= 0
+    rows = target != NO_NEXT_EVENT
     proba, target = proba[rows], target[rows]
     predicted = proba.argmax(axis=1) if len(target) else np.zeros(0, dtype=np.int64)
-    matrix = metrics.confusion(target, predicted, len(names))
+    seen = target >= 0
+    matrix = metrics.confusion(target[seen], predicted[seen], len(names))
     return {
         "accuracy": round(float((predicted == target).mean()), 4) if len(target) else float("nan"),
         "top3_accuracy": round(metrics.topk_accuracy(proba, target, 3), 4),
@@ -143,20 +164,14 @@ def _recency_features(history: History, points: ScoringSet) -> NDArray[np.float6
     return np.column_stack([np.log1p(elapsed), np.log1p(np.maximum(gap, 0)), first.astype(np.float64)])
 
 
-def logistic_fit(x: NDArray[np.float64], y: NDArray[Any], l2: float = 1e-3, steps: int = 25) -> NDArray[np.float64]:
-    """Newton's method for L2-regularised logistic regression; returns weights with the bias last."""
-    design = np.column_stack([x, np.ones(len(x))])
-    weights = np.zeros(design.shape[1])
-    for _ in range(steps):
-        p = 1 / (1 + np.exp(-design @ weights))
-        gradient = design.T @ (p - y) + l2 * weights
-        hessian = (design * (p * (1 - p))[:, None]).T @ design + l2 * np.eye(len(weights))
-        weights -= np.linalg.solve(hessian, gradient)
-    return weights
+def _recency_model(x: NDArray[np.float64], y: NDArray[Any]) -> Any:
+    """Logistic regression of churn on the recency features (one class only: a constant)."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.linear_model import LogisticRegression
 
-
-def logistic_predict(weights: NDArray[np.float64], x: NDArray[np.float64]) -> NDArray[np.float64]:
-    return 1 / (1 + np.exp(-(np.column_stack([x, np.ones(len(x))]) @ weights)))
+    if len(np.unique(y)) < 2:
+        return DummyClassifier(strategy="prior").fit(x, y)
+    return LogisticRegression(C=1e3, max_iter=200).fit(x, y)
 
 
 def _bgnbd_scores(
@@ -206,14 +221,15 @@ def baseline_metrics(
             next_proba[name][rows] = proba[ends][:, 1:]
         fit_points: ScoringSet = fold["fit_points"]
         labelled = fit_points.churn_known
-        weights = logistic_fit(_recency_features(history, fit_points)[labelled], fit_points.churn_label[labelled])
-        recency[rows] = logistic_predict(weights, _recency_features(history, points.subset(rows)))
+        if labelled.any():
+            fitted = _recency_model(_recency_features(history, fit_points)[labelled], fit_points.churn_label[labelled])
+            recency[rows] = fitted.predict_proba(_recency_features(history, points.subset(rows)))[:, -1]
         bg[rows] = _bgnbd_scores(history, fold["fit_customers"], fold["fit_at"], points.subset(rows), horizon_days)
     target = points.next_class
     known = points.churn_known
     out: dict[str, dict[str, Any]] = {"next_action": {}, "churn": {}}
     for name, proba in next_proba.items():
-        rows = target >= 0
+        rows = target != NO_NEXT_EVENT
         out["next_action"][name] = {
             "accuracy": round(float((proba[rows].argmax(axis=1) == target[rows]).mean()), 4) if rows.any() else None,
             "top3_accuracy": round(metrics.topk_accuracy(proba[rows], target[rows], 3), 4),

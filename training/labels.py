@@ -165,3 +165,40 @@ def training_chunks(customer_start: NDArray[np.int64], window: int) -> Chunks:
         ends_list.append(chunk_ends)
         first_list.append(np.maximum(window - new, 0))
     return Chunks(np.concatenate(ends_list).astype(np.int64), np.concatenate(first_list).astype(np.int64))
+
+
+def as_of_points(
+    ts: NDArray[np.int64],
+    seq_start: NDArray[np.bool_],
+    dates: NDArray[np.int64],
+    label_end: int,
+    horizon_days: float,
+) -> SilencePoints:
+    """Every customer with an event before each date, scored at that date from those events:
+    the way `evaluate --as-of` and a daily batch score a customer base. Labels come from
+    [date, date + horizon) and must be known before `label_end`; weights are 1."""
+    nxt = next_event_ts(ts, seq_start)
+    ends, scores, labels = [], [], []
+    for date in np.asarray(dates, dtype=np.int64):
+        before = ts < date
+        last_before = np.flatnonzero(before & (nxt >= date))
+        score = np.full(len(last_before), date, dtype=np.int64)
+        label, known = churn_labels(score, nxt[last_before], label_end, horizon_days)
+        ends.append(last_before[known])
+        scores.append(score[known])
+        labels.append(label[known])
+    return SilencePoints(
+        np.concatenate(ends).astype(np.int64) if ends else np.zeros(0, np.int64),
+        np.concatenate(scores).astype(np.int64) if scores else np.zeros(0, np.int64),
+        np.concatenate(labels).astype(np.float32) if labels else np.zeros(0, np.float32),
+        np.ones(sum(len(e) for e in ends), dtype=np.float32),
+    )
+
+
+def as_of_dates(ts: NDArray[np.int64], start: int, end: int, count: int) -> NDArray[np.int64]:
+    """`count` dates at evenly spaced quantiles of the event times in [start, end) (as-of
+    snapshots where the customers are), none when that period holds no event."""
+    inside = ts[(ts >= start) & (ts < end)]
+    if len(inside) == 0 or count <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.unique(np.quantile(inside, (np.arange(count) + 1) / (count + 1)).astype(np.int64))

@@ -20,6 +20,8 @@ CURRENT = "CURRENT"
 MODEL_FILE = "model.keras"
 MANIFEST_FILE = "manifest.json"
 PROMOTIONS = "promotions.log"
+# 2: time-of-day and day-of-week step features, the n-gram residual and the monotone churn head
+MODEL_FORMAT = 2
 
 
 class Registry:
@@ -131,6 +133,13 @@ def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
     """(serving model, manifest) of a version, loaded in Keras safe mode (no code from the file)."""
     import keras
 
+    import training.layers  # noqa: F401  (registers the model's own layers for safe-mode loading)
+
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
+    if manifest.get("format") != MODEL_FORMAT:
+        raise ConfigError(
+            f"{model_dir}: model format {manifest.get('format')}, this seqscore serves format {MODEL_FORMAT}: "
+            "train it again with this version"
+        )
     model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
     return model, manifest

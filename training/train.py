@@ -11,10 +11,9 @@ from __future__ import annotations
 import json
 import resource
 import subprocess
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import astuple, dataclass, field
+from dataclasses import astuple, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,16 +23,24 @@ from numpy.typing import NDArray
 
 from state.encoding import DAY, FeatureSpec, context_features, step_features, window_index
 from state.errors import ConfigError
+from training import fitting
+from training.alerts import AlertPolicy, choose_threshold
+from training.choice import choose_served
+from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW
 from training.evaluate import (
     ScoringSet,
+    as_of_set_at,
     class_of_tokens,
     evaluate_points,
     predict,
     prefix_set,
 )
+from training.fitting import epochs_for, log
 from training.history import History, load_history
 from training.labels import (
     SilencePoints,
+    as_of_dates,
+    as_of_points,
     churn_labels,
     customer_fold,
     next_event_ts,
@@ -42,14 +49,18 @@ from training.labels import (
     time_split,
     training_chunks,
 )
-from training.metrics import best_f1_threshold
-from training.model import ModelConfig, build_models
-from training.registry import MANIFEST_FILE, MODEL_FILE, Registry, load_model, resolve_model_dir
+from training.model import ModelConfig
+from training.prior import prepare as prepare_prior
+from training.registry import MANIFEST_FILE, MODEL_FILE, MODEL_FORMAT, Registry, load_model, resolve_model_dir
+from training.search import search, trials_for
 
 MAX_VOCABULARY = 1000
 RECOVERY_RATIO = 0.8  # recovery threshold = alert threshold x this (hysteresis)
 # silence windows per mark: at most the chunk windows / this (see labels.silence_points)
 SILENCE_WINDOWS_PER_MARK_DIVISOR = 4
+AS_OF_DATES = 12  # as-of snapshots of the customer base in the training period (churn at any silence)
+VAL_AS_OF_DATES = 3
+NEVER_ALERT = 1.5  # above any probability: the threshold of a model that could not learn churn
 
 
 @dataclass
@@ -58,19 +69,20 @@ class TrainOptions:
     registry: Path
     profiles: str | None = None
     level: str = "coarse"
-    window: int = 50
+    window: int = DEFAULT_WINDOW
     horizon_days: float = 120.0
     split: str = "time"
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
-    epochs: int | None = None  # None: enough epochs for ~30k optimizer steps, 8..60, early stopping decides
+    epochs: int | None = None  # a cap; None: sized to the data (training/fitting.py), early stopping decides
+    trials: int | None = None  # recipe search trials; None: sized to the data (training/search.py)
+    budget_s: float = DEFAULT_BUDGET_S  # wall-clock cap of the search
+    fixed: dict[str, Any] = field(default_factory=dict)  # recipe values the search must keep (given as flags)
+    refit: bool = True  # fit the chosen recipe again on every event before publishing
+    alerts: AlertPolicy = field(default_factory=AlertPolicy)
     seed: int = 0
     promote: str = "auto"
     patience: int = 3
     model: ModelConfig = field(default_factory=ModelConfig)
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 def build_spec(history: History, level: str, window: int, use_profile: bool) -> FeatureSpec:
@@ -122,12 +134,16 @@ def training_arrays(
     churn_period: Period,
     horizon_days: float,
     rng: np.random.Generator,
+    prior_rows: NDArray[np.int64],
+    as_of: NDArray[np.int64] | None = None,
 ) -> tuple[dict[str, Any], ...]:
     """(inputs, targets, sample weights): chunked windows, where each event is a target once,
-    then windows scored in the silence after an event (churn loss at their last step only).
+    then windows scored in the silence after an event and at the `as_of` dates (churn loss at
+    their last step only).
 
     Each head learns from the events its Period selects, with labels from the events before
-    its `label_end`; earlier history still serves as context.
+    its `label_end`; earlier history still serves as context. `prior_rows` gives each event's
+    row in the training graph's n-gram table.
     """
     window = spec.window
     chunks = training_chunks(history.customer_start, window)
@@ -142,25 +158,34 @@ def training_arrays(
     loss = real & (np.arange(window)[None, :] >= chunks.first_loss[:, None])
     w_next = loss & (next_class[idx] >= 0) & next_period.mask(history.ts[idx])
     w_churn = loss & known[idx] & churn_period.mask(history.ts[idx])
-    chunked = _window_arrays(history, spec, codes, chunks.ends, np.where(real, score[idx] - history.ts[idx], 0))
+    elapsed = np.where(real, score[idx] - history.ts[idx], 0)
+    inputs = _window_arrays(history, spec, codes, chunks.ends, elapsed, prior_rows)
     targets = {"next": np.where(w_next, next_class[idx], 0), "churn": np.where(w_churn, churn[idx], 0)}
     weights = {"next": w_next, "churn": w_churn}
 
     per_mark = max(len(chunks.ends) // SILENCE_WINDOWS_PER_MARK_DIVISOR, 1)
     quiet = silence_points(history.ts, nxt, churn_period.label_end, horizon_days, rng, per_mark)
-    quiet = SilencePoints(*(part[churn_period.mask(history.ts[quiet.ends])] for part in astuple(quiet)))
+    parts = [quiet]
+    if as_of is not None and len(as_of):
+        snapshot = as_of_points(history.ts, history.seq_start, as_of, churn_period.label_end, horizon_days)
+        if len(snapshot.ends) > len(chunks.ends):  # as many snapshot windows as chunked ones at most
+            keep = np.sort(rng.choice(len(snapshot.ends), len(chunks.ends), replace=False))
+            snapshot = SilencePoints(*(part[keep] for part in astuple(snapshot)))
+        parts.append(snapshot)
+    points = SilencePoints(*(np.concatenate(column) for column in zip(*map(astuple, parts), strict=True)))
+    points = SilencePoints(*(part[churn_period.mask(history.ts[points.ends])] for part in astuple(points)))
     at_last = np.arange(window)[None, :] == window - 1
-    elapsed = np.where(at_last, (quiet.score_ts - history.ts[quiet.ends])[:, None], 0)
-    silent = _window_arrays(history, spec, codes, quiet.ends, elapsed)
-    inputs = {k: np.concatenate([chunked[k], silent[k]]) for k in chunked}
-    n_quiet = len(quiet.ends)
+    quiet_elapsed = np.where(at_last, (points.score_ts - history.ts[points.ends])[:, None], 0)
+    silent = _window_arrays(history, spec, codes, points.ends, quiet_elapsed, prior_rows)
+    inputs = {k: np.concatenate([inputs[k], silent[k]]) for k in inputs}
+    n_quiet = len(points.ends)
     targets = {
         "next": np.concatenate([targets["next"], np.zeros((n_quiet, window))]).astype(np.int32),
-        "churn": np.concatenate([targets["churn"], at_last * quiet.label[:, None]]).astype(np.float32)[..., None],
+        "churn": np.concatenate([targets["churn"], at_last * points.label[:, None]]).astype(np.float32)[..., None],
     }
     weights = {
         "next": np.concatenate([weights["next"], np.zeros((n_quiet, window), dtype=bool)]).astype(np.float32),
-        "churn": np.concatenate([weights["churn"], at_last * quiet.weight[:, None]]).astype(np.float32),
+        "churn": np.concatenate([weights["churn"], at_last * points.weight[:, None]]).astype(np.float32),
     }
     return inputs, targets, weights
 
@@ -171,6 +196,7 @@ def _window_arrays(
     codes: NDArray[np.uint32],
     ends: NDArray[np.int64],
     elapsed: NDArray[np.int64],
+    prior_rows: NDArray[np.int64],
 ) -> dict[str, NDArray[Any]]:
     """Model inputs of the windows ending at `ends`, with the elapsed time at each step;
     `codes` are the history's activity codes at the model's level."""
@@ -182,60 +208,38 @@ def _window_arrays(
         "tokens": np.where(real, spec.tokens(window_codes), 0).astype(np.int32),
         "steps": step_features(ts, window_codes, ends - starts + 1, history.ts[starts], spec),
         "context": context_features(np.where(real, elapsed, 0), history.gender[idx], history.age_group[idx], spec),
+        "prior_row": np.where(real, prior_rows[idx], 0).astype(np.int32),
     }
 
 
-def _fit(
-    spec: FeatureSpec, options: TrainOptions, train: tuple[dict[str, Any], ...], val: tuple[dict[str, Any], ...]
-) -> tuple[Any, Any, dict[str, list[float]]]:
-    import keras
-    import tensorflow as tf
+def refit_on_everything(
+    history: History, spec: FeatureSpec, options: TrainOptions, epochs: int, choice: dict[str, Any],
+    rng: np.random.Generator,
+) -> fitting.Fitted:
+    """The served model: the chosen settings fitted again on every event of the file (the split
+    chose them and measured them; the newest events are the ones the future resembles most),
+    with the same parts switched off as the split's choice switched off."""
+    data_end = int(history.ts.max()) + 1
+    everything = np.ones(len(history), dtype=bool)
+    prior = prepare_prior(history, history, history, spec, everything, options.seed)
+    dates = as_of_dates(history.ts, int(history.ts.min()), data_end - int(options.horizon_days * DAY), AS_OF_DATES)
+    period = Period(label_end=data_end)
+    arrays = training_arrays(history, spec, period, period, options.horizon_days, rng, prior.train_rows, dates)
+    final = fitting.fit(spec, options.model, arrays, None, prior.table, prior.serving, epochs, options.seed,
+                        label="refit ")
+    if choice["next_action"]["served"] == "ngram":
+        fitting.serve_ngram_alone(final)
+    if choice["churn"]["served"] == "recency":
+        fitting.serve_recency_alone(final)
+    return final
 
-    keras.utils.set_random_seed(options.seed)
-    tf.config.experimental.enable_op_determinism()
-    train_model, serve_model = build_models(spec, options.model)
-    steps_per_epoch = max(1, int(np.ceil(len(train[0]["tokens"]) / options.model.batch_size)))
-    schedule = keras.optimizers.schedules.ExponentialDecay(
-        options.model.learning_rate, steps_per_epoch, options.model.lr_decay
-    )
-    train_model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss={"next": "sparse_categorical_crossentropy", "churn": "binary_crossentropy"},
-        loss_weights={"next": 1.0, "churn": options.model.churn_loss_weight},
-        weighted_metrics={"next": ["sparse_categorical_accuracy"]},
-    )
-    n_targets = float(train[2]["next"].sum())
 
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            logs = logs or {}
-            took = time.monotonic() - self.started
-            log(
-                f"  epoch {epoch + 1}/{options.epochs}: loss {logs.get('loss', float('nan')):.4f} "
-                f"val_loss {logs.get('val_loss', float('nan')):.4f} next acc "
-                f"{logs.get('next_sparse_categorical_accuracy', float('nan')):.4f} / val "
-                f"{logs.get('val_next_sparse_categorical_accuracy', float('nan')):.4f}  "
-                f"{took:.0f}s ({n_targets / max(took, 1e-9):,.0f} events/s)"
-            )
-
-    fitted = train_model.fit(
-        train[0],
-        train[1],
-        sample_weight=train[2],
-        validation_data=val,
-        epochs=options.epochs,
-        batch_size=options.model.batch_size,
-        shuffle=True,
-        verbose=0,
-        callbacks=[
-            Progress(),
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=options.patience, restore_best_weights=True),
-        ],
-    )
-    return train_model, serve_model, {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
+def same_alert_rate(risk: NDArray[np.float32], threshold: float, new_risk: NDArray[np.float32]) -> float:
+    """The threshold at which `new_risk` alerts as many of the same points as `risk` did at `threshold`."""
+    if len(risk) == 0:
+        return threshold
+    rate = float(np.mean(risk >= threshold))
+    return float(np.quantile(new_risk, 1 - rate)) if 0 < rate < 1 else threshold
 
 
 def scoring_points(
@@ -357,12 +361,15 @@ def run(options: TrainOptions) -> dict[str, Any]:
         t1, t2 = time_split(history.ts, fractions)
         observable = history.ts[history.ts < data_end - horizon]
         if len(observable) == 0:
-            raise ConfigError(
-                f"{options.events}: the data spans less than the churn horizon "
-                f"({options.horizon_days:g} days); use --churn-horizon-days"
+            log(
+                f"churn: the data spans {(data_end - first) / DAY:.0f} days, less than the churn horizon "
+                f"({options.horizon_days:g} days): no churn label is known, so churn is not learned and the "
+                "model raises no churn alert (--churn-horizon-days sets a shorter horizon)"
             )
-        c1, c2 = time_split(observable, fractions)
-        c1, c2 = min(c1, t1), min(c2, t2)
+            c1, c2 = t1, t2
+        else:
+            c1, c2 = time_split(observable, fractions)
+            c1, c2 = min(c1, t1), min(c2, t2)
         train_hist = history.select(history.ts < t1)
         val_hist = history.select(history.ts < t2)
         train_periods = (Period(label_end=t1), Period(label_end=c1))
@@ -373,6 +380,7 @@ def run(options: TrainOptions) -> dict[str, Any]:
         fit_events = next_event_ts(history.ts, history.seq_start) < t2
         fit_customers = np.ones(len(history.customer_ids), dtype=bool)
         baseline_end = c2
+        val_churn: tuple[int, int, NDArray[np.bool_] | None] = (c1, c2, None)
         cuts: dict[str, Any] = {
             "next_action": {"train_before": _iso(t1), "test_from": _iso(t2)},
             "churn": {"train_before": _iso(c1), "test_from": _iso(c2), "test_until": _iso(data_end - horizon)},
@@ -388,28 +396,60 @@ def run(options: TrainOptions) -> dict[str, Any]:
         fit_customers = np.zeros(len(history.customer_ids), dtype=bool)
         fit_customers[history.customer[fold != 2]] = True
         baseline_end = data_end
+        val_customers = np.zeros(len(history.customer_ids), dtype=bool)
+        val_customers[history.customer[fold == 1]] = True
+        val_churn = (int(history.ts.min()), data_end - horizon, val_customers)
         cuts = {}
     if len(train_hist) == 0 or not test_events.any():
         raise ConfigError(f"{options.events}: too little data for a {options.split} split {fractions}")
 
     use_profile = bool((history.gender >= 0).any() or (history.age_group >= 0).any())
-    spec = build_spec(train_hist, options.level, options.window, use_profile)
+    # every activity of the file is a class: one that appears only late is the newest behaviour
+    spec = build_spec(history, options.level, options.window, use_profile)
     log(
         f"vocabulary: {spec.n_classes} activities at level {options.level}; window {spec.window}; "
         f"profile features {'on' if use_profile else 'off'}"
     )
-    train = training_arrays(train_hist, spec, *train_periods, options.horizon_days, rng)
-    val = training_arrays(val_hist, spec, *val_periods, options.horizon_days, rng)
+    prior = prepare_prior(history, train_hist, val_hist, spec, fit_events, options.seed)
+    train_as_of = as_of_dates(
+        train_hist.ts, int(train_hist.ts.min()), train_periods[1].label_end - horizon, AS_OF_DATES
+    )
+    arrays: dict[int, tuple[FeatureSpec, fitting.Arrays, fitting.Arrays]] = {}
+
+    def arrays_for(window: int) -> tuple[FeatureSpec, fitting.Arrays, fitting.Arrays]:
+        if window not in arrays:
+            windowed = replace(spec, window=window)
+            draw = np.random.default_rng([options.seed, window])  # the same arrays whatever the trial order
+            train = training_arrays(
+                train_hist, windowed, *train_periods, options.horizon_days, draw, prior.train_rows, train_as_of
+            )
+            val = training_arrays(val_hist, windowed, *val_periods, options.horizon_days, draw, prior.val_rows)
+            arrays[window] = (windowed, train, val)
+        return arrays[window]
+
+    _, train, val = arrays_for(spec.window)
     n_train = int(train[2]["next"].sum())
     log(
         f"training on {len(train[0]['tokens']):,} windows ({n_train:,} next-action targets, "
-        f"{int(train[2]['churn'].sum()):,} churn targets); validating on {int(val[2]['next'].sum()):,}"
+        f"{int(train[2]['churn'].sum()):,} churn targets, {len(train_as_of)} as-of dates); validating on "
+        f"{int(val[2]['next'].sum()):,}"
     )
 
-    fit_started = time.monotonic()
-    _, serve_model, curves = _fit(spec, options, train, val)
-    fit_seconds = time.monotonic() - fit_started
-    epochs_run = len(curves.get("loss", []))
+    def fit_trial(config: ModelConfig, window: int, seed: int, on_epoch: Any) -> fitting.Fitted:
+        windowed, train, val = arrays_for(window)
+        epochs = epochs_for(len(train[0]["tokens"]), config.batch_size, options.epochs)
+        return fitting.fit(
+            windowed, config, train, val, prior.table, prior.serving, epochs, seed, options.patience, on_epoch
+        )
+
+    n_val = int(val[2]["next"].sum())
+    trials = options.trials or trials_for(n_train, epochs_for(len(train[0]["tokens"]), 128, options.epochs), n_val)
+    found = search(fit_trial, options.model, spec.window, trials, options.seed, options.budget_s, options.fixed)
+    fitted, spec, val = found.best, arrays_for(found.window)[0], arrays_for(found.window)[2]
+    options = replace(options, model=found.config)
+    serve_model, curves = fitted.serve_model, fitted.curves
+    fit_seconds, epochs_run = fitted.seconds, fitted.epochs_run
+    epochs = epochs_for(len(arrays_for(found.window)[1][0]["tokens"]), found.config.batch_size, options.epochs)
 
     val_points = scoring_points(
         history,
@@ -421,10 +461,26 @@ def run(options: TrainOptions) -> dict[str, Any]:
         next_from=t1 if options.split == "time" else None,
         churn_range=(c1, c2) if options.split == "time" else None,
     )
+    val_dates = as_of_dates(history.ts, val_churn[0], val_churn[1], VAL_AS_OF_DATES)
+    val_as_of = as_of_set_at(history, spec, val_dates, options.horizon_days, val_churn[2])
+    choice = choose_served(fitted, val, prior.table, spec, history, val_as_of)
     _, val_risk = predict(serve_model, spec, history, val_points)
     known = val_points.churn_known
-    threshold, val_f1 = best_f1_threshold(val_points.churn_label[known], val_risk[known])
-    log(f"churn alert threshold {threshold:.3f} (best F1 {val_f1:.3f} on validation)")
+    if 0 < val_points.churn_label[known].sum() < known.sum():  # both outcomes seen: churn was learnable
+        threshold, expected = choose_threshold(
+            options.alerts,
+            val_points.churn_label[known],
+            val_risk[known],
+            history.customer[val_points.ends[known]],
+            val_points.score_ts[known],
+        )
+        log(
+            f"churn alert threshold {threshold:.3f} ({options.alerts.describe()}): on validation precision "
+            f"{expected['precision']}, recall {expected['recall']}, {expected['alerted_share_per_day']:.1%} of the "
+            "customers scored on a day alerted"
+        )
+    else:
+        threshold, expected = NEVER_ALERT, {"policy": options.alerts.kind, "value": options.alerts.value}
 
     def test_points_for(model_spec: FeatureSpec) -> ScoringSet:
         return scoring_points(
@@ -452,6 +508,15 @@ def run(options: TrainOptions) -> dict[str, Any]:
     result = evaluate_points(serve_model, spec, history, test_points, threshold, folds, options.horizon_days)
     curves_for_plot = result.pop("_curves")
 
+    refit: dict[str, Any] = {"events": 0}
+    if options.refit:
+        log(f"refitting on all {len(history):,} events for {fitted.best_epochs} epochs (the split's best) ...")
+        final = refit_on_everything(history, spec, options, fitted.best_epochs, choice, rng)
+        _, final_val_risk = predict(final.serve_model, spec, history, val_points)
+        threshold = same_alert_rate(val_risk[known], threshold, final_val_risk[known])
+        serve_model = final.serve_model
+        refit = {"events": len(history), "epochs": final.epochs_run, "seconds": round(final.seconds, 1)}
+
     registry = Registry(options.registry)
     version = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     while (registry.root / version).exists():
@@ -460,7 +525,7 @@ def run(options: TrainOptions) -> dict[str, Any]:
     serve_model.save(staging / MODEL_FILE)
     peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     manifest: dict[str, Any] = {
-        "format": 1,
+        "format": MODEL_FORMAT,
         "version": version,
         "created_at": _iso(int(time.time())),
         "code_version": code_version(),
@@ -477,15 +542,17 @@ def run(options: TrainOptions) -> dict[str, Any]:
             "horizon_days": options.horizon_days,
             "alert_threshold": round(threshold, 6),
             "recovery_threshold": round(threshold * RECOVERY_RATIO, 6),
+            "alert_policy": expected,
         },
         "training": {
             "split": options.split,
             "fractions": list(fractions),
             "cuts": cuts,
-            "epochs_max": options.epochs,
+            "epochs_max": epochs,
             "epochs_run": epochs_run,
             "seed": options.seed,
             "model": options.model.to_dict(),
+            "trials": found.summary(),
             "seconds": round(fit_seconds, 1),
             "events_per_second": round(n_train * epochs_run / fit_seconds),
             "total_seconds": round(time.monotonic() - started, 1),
@@ -493,6 +560,8 @@ def run(options: TrainOptions) -> dict[str, Any]:
             "windows": len(train[0]["tokens"]),
             "targets": n_train,
         },
+        "choice": choice,
+        "refit": refit,
         "metrics": result,
         "smoke": _smoke_sample(serve_model, spec, history, test_points),
     }

@@ -149,11 +149,22 @@ def test_a_row_scores_the_same_alone_and_in_any_batch(runner: ModelRunner, path:
 def test_the_ragged_lstm_equals_keras_for_stacked_layers_and_profiles() -> None:
     """Two LSTM layers, profile context, rows of every length, a window narrower than the
     longest trace, and an empty batch row: the ragged path against the Keras graph."""
+    from training import ngram
+    from training.layers import NgramPrior
     from training.model import ModelConfig, build_models
 
     spec = FeatureSpec(window=12, level="coarse", vocabulary=("a", "b", "c", "d"), gap_scale=3.0,
                        tenure_scale=6.0, count_scale=4.0, use_profile=True)
-    _, model = build_models(spec, ModelConfig(units=16, layers=2, embedding_dim=8, dense_units=8), window=None)
+    rng = np.random.default_rng(4)
+    history_tokens = rng.integers(1, spec.vocab_size, 3000)
+    starts = rng.random(3000) < 0.1
+    tables = ngram.fit(ngram.context_tokens(history_tokens, starts), rng.integers(0, 5, 3000),
+                       rng.integers(0, spec.n_classes, 3000), spec.vocab_size, spec.n_classes)
+    config = ModelConfig(units=16, layers=2, embedding_dim=8, dense_units=8)
+    _, model = build_models(spec, config, NgramPrior.sizes_of(tables), window=None)
+    model.get_layer("ngram").load(tables)
+    logits = model.get_layer("next_logits")  # zero at first: made to matter here
+    logits.set_weights([w + rng.normal(scale=0.5, size=w.shape) for w in logits.get_weights()])
     assert unsupported(model) is None
     forward = RaggedForward(model, (4, 8, spec.window))
     inputs = random_windows(spec, 200, seed=5)

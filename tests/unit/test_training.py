@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -157,17 +158,29 @@ def test_serving_inputs_equal_training_inputs_and_outputs(data: dict[str, Path])
     """The same history through the training arrays and through the serving path
     (windows gathered per scoring point, encoded, serving graph) gives identical inputs,
     and the training graph's per-step outputs equal the serving graph's."""
+    from training import ngram
     from training.labels import training_chunks
+    from training.layers import NgramPrior
     from training.model import ModelConfig, build_models
+    from training.prior import contexts_and_targets
     from training.train import Period, build_spec, training_arrays
 
     history = load_history(str(data["events"]), str(data["profiles"]))
     spec = build_spec(history, "coarse", 12, use_profile=True)
     end = int(history.ts.max()) + 1
     rng = np.random.default_rng(0)
-    inputs, _, _ = training_arrays(history, spec, Period(end), Period(end), 120.0, rng)
+    contexts, buckets, target = contexts_and_targets(history, spec)
+    tables = ngram.fit(contexts, buckets, target, spec.vocab_size, spec.n_classes)
+    # the training graph reads the served table's rows: both graphs then see the same n-gram
+    rows = tables.rows(contexts, buckets)
+    inputs, _, _ = training_arrays(history, spec, Period(end), Period(end), 120.0, rng, rows)
     chunks = training_chunks(history.customer_start, 12)
-    train_model, serve_model = build_models(spec, ModelConfig(units=8, dense_units=8))
+    config = ModelConfig(units=8, dense_units=8)
+    train_model, serve_model = build_models(spec, config, NgramPrior.sizes_of(tables), prior_rows=len(tables.log_proba))
+    train_model.get_layer("prior_table").set_weights([tables.log_proba])
+    serve_model.get_layer("ngram").load(tables)
+    logits = serve_model.get_layer("next_logits")
+    logits.set_weights([w + rng.normal(scale=0.3, size=w.shape) for w in logits.get_weights()])
     rows = np.arange(0, len(chunks.ends), max(1, len(chunks.ends) // 40))
     train_out = train_model.predict_on_batch({k: v[rows] for k, v in inputs.items()})
     for r, row in enumerate(rows):
@@ -190,7 +203,9 @@ def test_serving_inputs_equal_training_inputs_and_outputs(data: dict[str, Path])
             served = encode(raw, spec)
             shift = 11 - pos
             assert np.array_equal(served["tokens"][0, shift:], inputs["tokens"][row, : pos + 1])
-            assert np.allclose(served["steps"][0, shift:, 1:], inputs["steps"][row, : pos + 1, 1:], atol=1e-6)
+            # the gap features (0 and 3) of a window's first event differ: its predecessor is outside
+            same = [k for k in range(served["steps"].shape[-1]) if k not in (0, 3)]
+            assert np.allclose(served["steps"][0, shift:, same], inputs["steps"][row, : pos + 1, same], atol=1e-6)
             assert np.allclose(served["context"][0], inputs["context"][row, pos], atol=1e-4)
             if chunks.first_loss[row] == 0:  # the window starts at the customer's first event
                 assert np.allclose(served["steps"][0, shift:], inputs["steps"][row, : pos + 1], atol=1e-6)
@@ -220,3 +235,39 @@ def test_bad_history_is_one_line_and_writes_nothing(tmp_path: Path, content: str
 def test_bad_flag_value_is_one_line() -> None:
     result = seqscore("train", "--events", "x.csv", "--level", "medium")
     assert result.returncode == 2 and "--level" in result.stderr and result.stderr.strip().count("\n") == 0
+
+
+def _default_train(events: Path, registry: Path) -> dict[str, object]:
+    result = seqscore("train", "--events", str(events), "--registry", str(registry))
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = json.loads((registry / "CURRENT" / "manifest.json").read_text())
+    assert manifest["training"]["epochs_run"] >= 1
+    assert manifest["choice"]["next_action"]["served"] in ("network", "ngram")
+    assert manifest["choice"]["churn"]["served"] in ("network", "recency")
+    return manifest
+
+
+def test_train_with_only_the_required_flags(tmp_path: Path) -> None:
+    """`seqscore train --events F --registry R`: the first command a new user runs."""
+    from training.history import history_table
+
+    write_table(history_table(simulate(200, seed=8)), tmp_path / "events.csv")
+    manifest = _default_train(tmp_path / "events.csv", tmp_path / "models")
+    assert manifest["metrics"]["next_action"]["accuracy"] >= 0
+
+
+def test_train_defaults_on_a_short_history_of_many_activities(tmp_path: Path) -> None:
+    """Three weeks of a process with 40 activities: shorter than the churn horizon, so churn
+    cannot be learned; training still publishes a model that never raises a churn alert."""
+    rng = np.random.default_rng(9)
+    rows = ["customer_id,ts,activity"]
+    for case in range(120):
+        start = 1_700_000_000 + int(rng.integers(0, 14 * 86_400))
+        step = int(rng.integers(0, 5))
+        for k in range(int(rng.integers(2, 15))):
+            stamp = datetime.fromtimestamp(start + k * 3_600 * int(rng.integers(1, 30)), tz=UTC)
+            rows.append(f"case{case},{stamp:%Y-%m-%dT%H:%M:%SZ},a{(step + 3 * k) % 40}")
+    (tmp_path / "short.csv").write_text("\n".join(rows) + "\n")
+    manifest = _default_train(tmp_path / "short.csv", tmp_path / "models")
+    churn = manifest["churn"]
+    assert isinstance(churn, dict) and churn["alert_threshold"] > 1

@@ -1,0 +1,68 @@
+"""Which predictor gets served: the network, or the simple model it builds on when the
+network does not beat it on validation (never worse than the baselines it reports).
+
+Next action: the network against its own n-gram prior, at the validation targets. Churn:
+the network's risk against recency (days since the last event) as every customer is
+scored at validation as-of dates. A losing network part is switched off in the served
+model itself (training/fitting.py), so serving needs no second code path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import roc_auc_score
+
+from state.encoding import FeatureSpec
+from training.evaluate import ScoringSet, predict
+from training.fitting import Arrays, Fitted, log, next_accuracy_on, serve_ngram_alone, serve_recency_alone
+from training.history import History
+
+
+def _auc(label: NDArray[Any], score: NDArray[Any]) -> float:
+    return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
+
+
+def choose_served(
+    fitted: Fitted,
+    val: Arrays,
+    prior_table: NDArray[np.float32],
+    spec: FeatureSpec,
+    history: History,
+    val_as_of: ScoringSet,
+) -> dict[str, Any]:
+    """Decide, apply, and describe the choice (for the manifest and the report)."""
+    network, ngram = next_accuracy_on(fitted, val, prior_table)
+    next_served = "network" if not network < ngram else "ngram"
+    if next_served == "ngram":
+        serve_ngram_alone(fitted)
+        log(f"next action: serving the n-gram (validation accuracy {ngram:.4f}; the network had {network:.4f})")
+    else:
+        log(f"next action: serving the network (validation accuracy {network:.4f}; n-gram {ngram:.4f})")
+    known = val_as_of.churn_known
+    label = val_as_of.churn_label[known]
+    _, risk = predict(fitted.serve_model, spec, history, val_as_of.subset(known))
+    silence = (val_as_of.score_ts - history.ts[val_as_of.ends])[known].astype(np.float64)
+    model_auc, recency_auc = _auc(label, risk), _auc(label, silence)
+    churn_served = "recency" if model_auc < recency_auc else "network"
+    if churn_served == "recency":
+        serve_recency_alone(fitted)
+    log(
+        f"churn: serving the {churn_served} ranking (validation as-of ROC AUC: network {model_auc:.4f}, "
+        f"recency {recency_auc:.4f}, {int(known.sum()):,} points)"
+    )
+    return {
+        "next_action": {
+            "served": next_served,
+            "validation_accuracy": {"network": round(network, 4), "ngram": round(ngram, 4)},
+            "margin": round(network - ngram, 4),
+        },
+        "churn": {
+            "served": churn_served,
+            "validation_as_of_roc_auc": {"network": round(model_auc, 4), "recency": round(recency_auc, 4)},
+            "margin": round(model_auc - recency_auc, 4),
+            "validation_points": int(known.sum()),
+        },
+    }
