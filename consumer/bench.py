@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from numpy.typing import NDArray
 
 from consumer.bench_plots import plot_latency, split_warmup
@@ -37,7 +38,7 @@ from consumer.infer_alone import time_batches
 from consumer.loadgen import event_values, send
 from consumer.settings import Settings, mask_url
 from consumer.topics import ensure_topics, topic_names
-from consumer.watch import Scrape, scrape
+from consumer.watch import AlertFlips, Scrape, scrape
 from consumer.workers import worker_count
 from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
@@ -264,7 +265,12 @@ class Bench:
                               progress=False, deadline_s=warmup + seconds)
             cpu = meter.cores()
             outputs = read_topic(self.settings.kafka_config(), phase.settings.topics.next_actions, sent)
+            alert_messages = int(scorer.metric("seqscore_churn_alerts_total"))
             scorer.stop()
+        flips = AlertFlips()
+        if alert_messages:
+            for message in read_topic(self.settings.kafka_config(), phase.settings.topics.churn_alerts, alert_messages):
+                flips.add(orjson.loads(message.value() or b"{}"))
         inputs = read_topic(self.settings.kafka_config(), phase.settings.topics.events, sent)
         produced = {orjson_event_id(m.value() or b"{}"): m.timestamp()[1] for m in inputs}
         output_ids = [(orjson_event_id(m.value() or b"{}"), m.timestamp()[1]) for m in outputs]
@@ -283,6 +289,7 @@ class Bench:
             **percentiles(measured),
             "n": float(len(measured)),
             "warmup": {"seconds": warmup, **percentiles(warming), "n": len(warming)},
+            "churn_alerts": flips.summary(),
         }
 
     def stack_pids(self, scorer: ScorerProcess) -> dict[str, int | list[int] | None]:
@@ -354,8 +361,6 @@ class Bench:
 
 
 def orjson_event_id(value: bytes) -> str:
-    import orjson
-
     return str(orjson.loads(value).get("event_id", ""))
 
 
@@ -448,6 +453,7 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
             "latency_warmup": {k: round(v, 1) for k, v in latency["warmup"].items()},
             "offered_eps": round(latency["offered_eps"], 1),
             "latency_cpu_cores": latency["cpu_cores"],
+            "churn_alerts": latency["churn_alerts"],
             "plots": [latency["plot"]],
             "stage_share": middle["stage_share"],
             "infer_sps_by_batch": time_batches(runner.infer, smoke_inputs(runner.manifest)),
@@ -510,6 +516,17 @@ TARGETS = (
 )
 
 
+def alerts_line(r: dict[str, Any]) -> list[str]:
+    """The latency phase's churn-alert traffic: what a marketing team on the topic would get."""
+    a = r.get("churn_alerts")
+    if not a:
+        return []
+    return [
+        f"churn alerts     {a['alerts']:,} alert and {a['recoveries']:,} recovery messages to {a['customers']:,} "
+        f"customers in the latency run ({a['per_customer']:.2f} each, {a['customers_over_2']:,} with more than 2)"
+    ]
+
+
 def table(r: dict[str, Any]) -> str:
     lat, machine, shares = r["latency_ms"], r["machine"], r["stage_share"].items()
     lines = [
@@ -528,6 +545,7 @@ def table(r: dict[str, Any]) -> str:
         "latency cpu      " + "  ".join(f"{k} {v:.2f}" for k, v in r["latency_cpu_cores"].items() if k != "machine")
         + f"  cores; the machine {r['latency_cpu_cores'].get('machine', float('nan')):.2f} of {machine['cores']} busy",
         "stage share      " + "  ".join(f"{k} {v:.0%}" for k, v in sorted(shares, key=lambda kv: -kv[1])),
+        *alerts_line(r),
         f"inference ({r['infer_device']}, {r.get('infer_threads', 0) or 'all'} thread(s))  "
         + "  ".join(f"{b}: {v['sps']:,.0f}/s ({v['ms_per_batch']:.1f} ms)" for b, v in r["infer_sps_by_batch"].items()),
         f"redis            {r['redis_bytes_per_customer']:,.0f} B per customer (sample), "

@@ -145,6 +145,37 @@ def describe(topic: str, value: dict[str, object], alerts_topic: str) -> str:
     return f"  next  {value['customer_id']}: {top}  churn risk {value['churn_risk']:.2f}"
 
 
+class AlertFlips:
+    """Alert and recovery messages per customer over a run: how often a customer flips is what a
+    marketing team on the other end of the topic feels."""
+
+    def __init__(self) -> None:
+        self.per_customer: dict[str, list[int]] = {}
+
+    def add(self, value: dict[str, object]) -> None:
+        counts = self.per_customer.setdefault(str(value["customer_id"]), [0, 0])
+        counts[0 if value["kind"] == "alert" else 1] += 1
+
+    def summary(self) -> dict[str, float]:
+        alerts = sum(c[0] for c in self.per_customer.values())
+        recoveries = sum(c[1] for c in self.per_customer.values())
+        customers = len(self.per_customer)
+        return {
+            "alerts": alerts,
+            "recoveries": recoveries,
+            "customers": customers,
+            "per_customer": round((alerts + recoveries) / customers, 3) if customers else 0.0,
+            "customers_over_2": sum(1 for c in self.per_customer.values() if sum(c) > 2),
+        }
+
+    def line(self) -> str:
+        s = self.summary()
+        return (
+            f"churn alerts: {s['alerts']:,} alert and {s['recoveries']:,} recovery messages to {s['customers']:,} "
+            f"customers ({s['per_customer']:.2f} per customer; {s['customers_over_2']:,} customers got more than 2)"
+        )
+
+
 def watch(
     metrics_url: str,
     kafka_config: dict[str, Any],
@@ -156,6 +187,7 @@ def watch(
 ) -> Scrape:
     """Print the view every second for `seconds`; returns the last scrape."""
     tail = OutputTail(kafka_config, [next_topic, alerts_topic])
+    flips = AlertFlips()
     first = last = scrape(metrics_url)
     deadline = time.monotonic() + seconds
     try:
@@ -164,6 +196,9 @@ def watch(
             now = scrape(metrics_url)
             print(summary_line(last, now), file=out)
             seen = tail.drain()
+            for topic, value in seen:
+                if topic == alerts_topic:
+                    flips.add(value)
             alerts = [v for t, v in seen if t == alerts_topic][:samples_per_line]
             predictions = [v for t, v in seen if t == next_topic][:samples_per_line]
             for value in predictions:
@@ -176,4 +211,5 @@ def watch(
         tail.close()
     print("-" * 100, file=out)
     print("over the whole run: " + summary_line(first, last), file=out)
+    print(flips.line(), file=out)
     return last

@@ -94,6 +94,56 @@ def _row(name: str, value: Any) -> str:
     return f"| {name} | {value if not isinstance(value, float) else f'{value:.4f}'} |"
 
 
+def _served_lines(manifest: dict[str, Any]) -> list[str]:
+    """What gets served and why: the choice against the simple models, the recipe, the alerts."""
+    lines = ["## What is served", ""]
+    choice = manifest.get("choice")
+    if choice:
+        na, ch = choice["next_action"], choice["churn"]
+        lines.append(
+            f"- Next action: the **{na['served']}** (validation accuracy network "
+            f"{na['validation_accuracy']['network']:.4f}, n-gram {na['validation_accuracy']['ngram']:.4f}, "
+            f"margin {na['margin']:+.4f})."
+        )
+        auc = ch["validation_as_of_roc_auc"]
+        lines.append(
+            f"- Churn: the **{ch['served']}** ranking (validation as-of ROC AUC network {auc['network']:.4f}, "
+            f"recency {auc['recency']:.4f}, margin {ch['margin']:+.4f}, {ch['validation_points']:,} points)."
+        )
+    policy = manifest["churn"].get("alert_policy", {})
+    if "precision" in policy:
+        lines.append(
+            f"- Alerts: threshold {manifest['churn']['alert_threshold']:.4f} by {policy['policy']} {policy['value']}; "
+            f"on validation precision {policy['precision']}, recall {policy['recall']}, "
+            f"{policy['alerted_share_per_day']:.1%} of the customers scored on a day alerted."
+        )
+    trials = manifest["training"].get("trials", [])
+    if trials:
+        lines += [
+            "",
+            "| trial | window | recipe | state | validation loss | epochs | seconds |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for t in trials:
+            p = t["params"]
+            recipe = (
+                f"{p['layers']}x{p['units']}, emb {p['embedding_dim']}, dropout {p['dropout']}, "
+                f"lr {p['learning_rate']:.2g}, batch {p['batch_size']}"
+            )
+            lines.append(
+                f"| {t['number'] + 1} | {p['window']} | {recipe} | {t['state']} | {t['val_loss']} | {t['epochs']} | "
+                f"{t['seconds']} |"
+            )
+    refit = manifest.get("refit", {})
+    if refit.get("events"):
+        lines += [
+            "",
+            f"The served model was refit on all {refit['events']:,} events ({refit['epochs']} epochs); "
+            "the test figures above are those of the split's model.",
+        ]
+    return [*lines, ""]
+
+
 def write_report(
     directory: Path,
     manifest: dict[str, Any],
@@ -148,6 +198,7 @@ def write_report(
             for k, v in na["per_class"].items()
         ],
         "",
+        *_served_lines(manifest),
         "![training curves](training.png)",
         "",
         "![confusion matrix](confusion.png)",

@@ -322,10 +322,16 @@ def _decide_promotion(
         return False, "--promote never"
     if options.promote == "always":
         return True, "--promote always"
+    below = below_baselines(result)
+    refused = f"worse than a baseline on the test data: {below}" if below else ""
     current = registry.current()
     if current is None:
-        return True, "no current model"
-    model, manifest = load_model(registry.path(current))
+        return (False, refused) if below else (True, "no current model; not worse than any baseline")
+    try:
+        model, manifest = load_model(registry.path(current))
+    except ConfigError as exc:  # a model this version cannot serve is no bar to replacing it
+        reason = f"the current model {current} cannot be evaluated ({exc})"
+        return (False, f"{refused}; {reason}") if below else (True, f"{reason}; not worse than any baseline")
     spec = FeatureSpec.from_dict(manifest["features"])
     points = test_points_for(spec)
     threshold = manifest["churn"]["alert_threshold"]
@@ -336,9 +342,29 @@ def _decide_promotion(
         f"next-action accuracy {ours_acc:.4f} vs current {current} {theirs_acc:.4f}, "
         f"churn ROC AUC {ours_auc:.4f} vs {theirs_auc:.4f} on the same test data"
     )
-    if ours_acc >= theirs_acc and ours_auc >= theirs_auc:
+    if below:
+        return False, f"{refused}; {verdict}"
+    if ours_acc >= theirs_acc and not ours_auc < theirs_auc:  # a NaN AUC (no churn labels) is no worse
         return True, f"not worse: {verdict}"
     return False, f"worse: {verdict}"
+
+
+def below_baselines(result: dict[str, Any]) -> str:
+    """Where the model is below the best baseline it reports ('' when nowhere)."""
+    found = []
+    for head, metric in (("next_action", "accuracy"), ("churn", "roc_auc")):
+        ours = result[head][metric]
+        scored = {k: v[metric] for k, v in result[head]["baselines"].items() if _finite(v[metric])}
+        if not scored or not _finite(ours):
+            continue
+        best = max(scored, key=lambda k: scored[k])
+        if ours < scored[best]:
+            found.append(f"{head.replace('_', '-')} {metric} {ours:.4f} < {best} {scored[best]:.4f}")
+    return "; ".join(found)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and bool(np.isfinite(value))
 
 
 def run(options: TrainOptions) -> dict[str, Any]:

@@ -40,3 +40,14 @@ def test_summary_line_reports_rates_batches_and_percentiles() -> None:
     assert "1,000 ev/s" in line and "990 pred/s" in line
     assert "batch  200.0" in line and "p50/p95/p99 25/48/50 ms" in line
     assert "lag 7" in line and "dlq 20" in line and "model v1" in line
+
+
+def test_alert_flips_count_messages_per_customer() -> None:
+    from consumer.watch import AlertFlips
+
+    flips = AlertFlips()
+    for customer, kind in [("a", "alert"), ("a", "recovery"), ("a", "alert"), ("b", "alert")]:
+        flips.add({"customer_id": customer, "kind": kind})
+    assert flips.line() == (
+        "churn alerts: 3 alert and 1 recovery messages to 2 customers (2.00 per customer; 1 customers got more than 2)"
+    )
