@@ -104,8 +104,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.integration)
 
 
-def _trained_registry(root: Path, customers: int, epochs: int, units: int) -> Path:
+def _trained_registry(root: Path, customers: int, epochs: int, units: int, alerts: str = "budget") -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from training.alerts import AlertPolicy
     from training.history import history_table, write_table
     from training.model import ModelConfig
     from training.simulate import simulate
@@ -114,6 +115,7 @@ def _trained_registry(root: Path, customers: int, epochs: int, units: int) -> Pa
     events = root / "history.parquet"
     write_table(history_table(simulate(customers, seed=77)), events)
     run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=epochs, seed=1, trials=1,
+                     alerts=AlertPolicy() if alerts == "budget" else AlertPolicy("f1", 0.0), promote="always",
                      model=ModelConfig(units=units, dense_units=units)))
     return root / "models"
 
@@ -126,5 +128,6 @@ def tiny_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def silence_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small model trained long enough (about 25 s) that its churn risk grows with silence."""
-    return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32)
+    """A small model trained long enough (about 25 s) that its churn risk grows with silence; its
+    alert threshold is the best-F1 one, low enough that silence alerts come before the horizon."""
+    return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32, alerts="f1")

@@ -2,9 +2,11 @@
 network does not beat it on validation (never worse than the baselines it reports).
 
 Next action: the network against its own n-gram prior, at the validation targets. Churn:
-the network's risk against recency (days since the last event) as every customer is
-scored at validation as-of dates. A losing network part is switched off in the served
-model itself (training/fitting.py), so serving needs no second code path.
+the network's risk against recency (days since the last event), over the two ways serving
+scores: every customer at validation as-of dates, and customers at their events (where the
+silence is zero for everyone, so recency ranks no one: ROC AUC 0.5). A losing network part
+is switched off in the served model itself (training/fitting.py), so serving needs no
+second code path.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from training.evaluate import ScoringSet, predict
 from training.fitting import Arrays, Fitted, log, next_accuracy_on, serve_ngram_alone, serve_recency_alone
 from training.history import History
 
+CHANCE = 0.5  # recency's ROC AUC at events: every customer's silence is zero there
+
 
 def _auc(label: NDArray[Any], score: NDArray[Any]) -> float:
     return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
@@ -32,6 +36,7 @@ def choose_served(
     spec: FeatureSpec,
     history: History,
     val_as_of: ScoringSet,
+    val_events: ScoringSet,
 ) -> dict[str, Any]:
     """Decide, apply, and describe the choice (for the manifest and the report)."""
     network, ngram = next_accuracy_on(fitted, val, prior_table)
@@ -46,12 +51,16 @@ def choose_served(
     _, risk = predict(fitted.serve_model, spec, history, val_as_of.subset(known))
     silence = (val_as_of.score_ts - history.ts[val_as_of.ends])[known].astype(np.float64)
     model_auc, recency_auc = _auc(label, risk), _auc(label, silence)
-    churn_served = "recency" if model_auc < recency_auc else "network"
+    at_events = val_events.subset(val_events.churn_known)
+    _, event_risk = predict(fitted.serve_model, spec, history, at_events)
+    event_auc = _auc(at_events.churn_label, event_risk)
+    network_score, recency_score = np.nanmean([model_auc, event_auc]), np.nanmean([recency_auc, CHANCE])
+    churn_served = "recency" if network_score < recency_score else "network"
     if churn_served == "recency":
         serve_recency_alone(fitted)
     log(
-        f"churn: serving the {churn_served} ranking (validation as-of ROC AUC: network {model_auc:.4f}, "
-        f"recency {recency_auc:.4f}, {int(known.sum()):,} points)"
+        f"churn: serving the {churn_served} ranking (validation ROC AUC as of dates: network {model_auc:.4f}, "
+        f"recency {recency_auc:.4f}, {int(known.sum()):,} points; at events: network {event_auc:.4f})"
     )
     return {
         "next_action": {
@@ -62,7 +71,8 @@ def choose_served(
         "churn": {
             "served": churn_served,
             "validation_as_of_roc_auc": {"network": round(model_auc, 4), "recency": round(recency_auc, 4)},
-            "margin": round(model_auc - recency_auc, 4),
+            "validation_at_events_roc_auc": {"network": round(event_auc, 4), "recency": CHANCE},
+            "margin": round(float(network_score - recency_score), 4),
             "validation_points": int(known.sum()),
         },
     }

@@ -47,7 +47,7 @@ KNOWN_LOGS: dict[str, tuple[str, int] | None] = {
     "bpi13-incidents.csv": ("2012-05-01", 7),
     "env-permit.csv": None,
 }
-SIMULATED = ("simulator", 20_000, ("2022-01-15", 120))
+SIMULATED = ("simulator", 8_000, ("2022-01-15", 120))
 DAY = 86_400
 
 

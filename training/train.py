@@ -489,7 +489,7 @@ def run(options: TrainOptions) -> dict[str, Any]:
     )
     val_dates = as_of_dates(history.ts, val_churn[0], val_churn[1], VAL_AS_OF_DATES)
     val_as_of = as_of_set_at(history, spec, val_dates, options.horizon_days, val_churn[2])
-    choice = choose_served(fitted, val, prior.table, spec, history, val_as_of)
+    choice = choose_served(fitted, val, prior.table, spec, history, val_as_of, val_points)
     _, val_risk = predict(serve_model, spec, history, val_points)
     known = val_points.churn_known
     if 0 < val_points.churn_label[known].sum() < known.sum():  # both outcomes seen: churn was learnable

@@ -56,6 +56,8 @@ def trained(data: dict[str, Path]) -> dict[str, object]:
         "16",
         "--seed",
         "3",
+        "--promote",
+        "always",  # a 2-epoch model may lose to a baseline, which auto refuses (tested below)
         "--json",
     )
     assert result.returncode == 0, result.stderr
@@ -271,3 +273,18 @@ def test_train_defaults_on_a_short_history_of_many_activities(tmp_path: Path) ->
     manifest = _default_train(tmp_path / "short.csv", tmp_path / "models")
     churn = manifest["churn"]
     assert isinstance(churn, dict) and churn["alert_threshold"] > 1
+
+
+def test_a_trained_model_risk_never_falls_with_the_silence(trained: dict[str, object], data: dict[str, Path]) -> None:
+    """Churn at any silence: the same histories scored after longer and longer silences, far past
+    any silence in the training data, never get a lower risk."""
+    from training.registry import load_model, smoke_inputs
+
+    model, manifest = load_model(data["registry"] / str(trained["version"]))
+    inputs = smoke_inputs(manifest)
+    risks = []
+    for elapsed in np.linspace(0.0, 2.0, 21):  # the encoding clips the scaled silence at 2
+        context = inputs["context"].copy()
+        context[:, 0] = elapsed
+        risks.append(np.asarray(model.predict_on_batch(inputs | {"context": context})["churn"]).reshape(-1))
+    assert (np.diff(np.stack(risks, axis=1), axis=1) >= -1e-6).all()
