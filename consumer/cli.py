@@ -564,7 +564,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="recipe search trials (default: sized to the data; 1 = the default recipe)",
     )
     p.add_argument(
-        "--budget", type=_int_in(10), default=int(DEFAULT_BUDGET_S), help="wall-clock cap of the recipe search, seconds"
+        "--budget",
+        type=_int_in(10),
+        default=int(DEFAULT_BUDGET_S),
+        help="wall-clock cap of the recipe search and the refit, seconds",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--promote", choices=("auto", "always", "never"), default="auto")

@@ -17,8 +17,8 @@ from training.model import ModelConfig, build_models
 from training.ngram import NgramTables
 
 Arrays = tuple[dict[str, Any], ...]
-STEPS_PER_FIT = 3_000  # optimizer steps a fit may take when no --epochs cap is given
-MIN_EPOCHS, MAX_EPOCHS = 4, 20  # the residual on the n-gram starts near its optimum: few epochs suffice
+STEPS_PER_FIT = 2_000  # optimizer steps a fit may take when no --epochs cap is given
+MIN_EPOCHS, MAX_EPOCHS = 4, 15  # the residual on the n-gram starts near its optimum: few epochs suffice
 
 
 def log(message: str) -> None:

@@ -135,6 +135,8 @@ def _served_lines(manifest: dict[str, Any]) -> list[str]:
                 f"{t['seconds']} |"
             )
     refit = manifest.get("refit", {})
+    if refit.get("skipped"):
+        lines += ["", f"No refit on all events ({refit['skipped']}): the served model is the split's."]
     if refit.get("events"):
         lines += [
             "",

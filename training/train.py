@@ -26,7 +26,7 @@ from state.errors import ConfigError
 from training import fitting
 from training.alerts import AlertPolicy, choose_threshold
 from training.choice import choose_served
-from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW
+from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW, SEARCH_SHARE
 from training.evaluate import (
     ScoringSet,
     as_of_set_at,
@@ -75,7 +75,7 @@ class TrainOptions:
     fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     epochs: int | None = None  # a cap; None: sized to the data (training/fitting.py), early stopping decides
     trials: int | None = None  # recipe search trials; None: sized to the data (training/search.py)
-    budget_s: float = DEFAULT_BUDGET_S  # wall-clock cap of the search
+    budget_s: float = DEFAULT_BUDGET_S  # wall-clock cap of the search and the refit
     fixed: dict[str, Any] = field(default_factory=dict)  # recipe values the search must keep (given as flags)
     refit: bool = True  # fit the chosen recipe again on every event before publishing
     alerts: AlertPolicy = field(default_factory=AlertPolicy)
@@ -232,6 +232,16 @@ def refit_on_everything(
     if choice["churn"]["served"] == "recency":
         fitting.serve_recency_alone(final)
     return final
+
+
+def epochs_within(fitted: fitting.Fitted, seconds_left: float, growth: float) -> int:
+    """The refit's epochs: the split's best, or as many as the rest of the wall-clock cap holds
+    on data `growth` times larger (0 when that is under half the best: then no refit)."""
+    per_epoch = fitted.seconds / max(fitted.epochs_run, 1) * growth
+    affordable = int(seconds_left // max(per_epoch, 1e-9))
+    if affordable >= fitted.best_epochs:
+        return fitted.best_epochs
+    return affordable if affordable >= max(fitted.best_epochs // 2, 1) else 0
 
 
 def same_alert_rate(risk: NDArray[np.float32], threshold: float, new_risk: NDArray[np.float32]) -> float:
@@ -470,7 +480,10 @@ def run(options: TrainOptions) -> dict[str, Any]:
 
     n_val = int(val[2]["next"].sum())
     trials = options.trials or trials_for(n_train, epochs_for(len(train[0]["tokens"]), 128, options.epochs), n_val)
-    found = search(fit_trial, options.model, spec.window, trials, options.seed, options.budget_s, options.fixed)
+    search_started = time.monotonic()
+    found = search(
+        fit_trial, options.model, spec.window, trials, options.seed, options.budget_s * SEARCH_SHARE, options.fixed
+    )
     fitted, spec, val = found.best, arrays_for(found.window)[0], arrays_for(found.window)[2]
     options = replace(options, model=found.config)
     serve_model, curves = fitted.serve_model, fitted.curves
@@ -535,9 +548,15 @@ def run(options: TrainOptions) -> dict[str, Any]:
     curves_for_plot = result.pop("_curves")
 
     refit: dict[str, Any] = {"events": 0}
-    if options.refit:
-        log(f"refitting on all {len(history):,} events for {fitted.best_epochs} epochs (the split's best) ...")
-        final = refit_on_everything(history, spec, options, fitted.best_epochs, choice, rng)
+    refit_epochs = epochs_within(
+        fitted, options.budget_s - (time.monotonic() - search_started), len(history) / max(len(train_hist), 1)
+    )
+    if options.refit and refit_epochs == 0:
+        log("no refit: the rest of --budget would not fit enough epochs on all events; serving the split's model")
+        refit = {"events": 0, "skipped": "over --budget"}
+    elif options.refit:
+        log(f"refitting on all {len(history):,} events, {refit_epochs} epochs (the split's best {fitted.best_epochs})")
+        final = refit_on_everything(history, spec, options, refit_epochs, choice, rng)
         _, final_val_risk = predict(final.serve_model, spec, history, val_points)
         threshold = same_alert_rate(val_risk[known], threshold, final_val_risk[known])
         serve_model = final.serve_model
