@@ -58,18 +58,18 @@ def _fraction(text: str) -> float:
 
 
 def _alert_policy(text: str) -> object:
-    from training.alerts import AlertPolicy
+    from training.alerts import ThresholdRule
 
     kind, _, value = text.partition(":")
     if kind == "f1" and not value:
-        return AlertPolicy("f1", 0.0)
+        return ThresholdRule("f1", 0.0)
     if kind in ("budget", "precision"):
         try:
             share = float(value)
         except ValueError:
             share = -1.0
         if 0.0 < share < 1.0:
-            return AlertPolicy(kind, share)
+            return ThresholdRule(kind, share)
     raise argparse.ArgumentTypeError(f"expected budget:SHARE, precision:TARGET (between 0 and 1) or f1, got '{text}'")
 
 

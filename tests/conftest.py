@@ -106,7 +106,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 def _trained_registry(root: Path, customers: int, epochs: int, units: int, alerts: str = "budget") -> Path:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from training.alerts import AlertPolicy
+    from training.alerts import ThresholdRule
     from training.history import history_table, write_table
     from training.model import ModelConfig
     from training.simulate import simulate
@@ -115,7 +115,7 @@ def _trained_registry(root: Path, customers: int, epochs: int, units: int, alert
     events = root / "history.parquet"
     write_table(history_table(simulate(customers, seed=77)), events)
     run(TrainOptions(events=str(events), registry=root / "models", window=12, epochs=epochs, seed=1, trials=1,
-                     alerts=AlertPolicy() if alerts == "budget" else AlertPolicy("f1", 0.0), promote="always",
+                     alerts=ThresholdRule() if alerts == "budget" else ThresholdRule("f1", 0.0), promote="always",
                      model=ModelConfig(units=units, dense_units=units)))
     return root / "models"
 

@@ -26,7 +26,7 @@ POLICIES = ("budget", "precision", "f1")
 
 
 @dataclass(frozen=True)
-class AlertPolicy:
+class ThresholdRule:
     kind: str = "budget"
     value: float = DEFAULT_BUDGET  # budget: share per day; precision: the target; f1: unused
 
@@ -56,7 +56,7 @@ def _pair_max(risk: NDArray[Any], customer: NDArray[Any], score_ts: NDArray[Any]
 
 
 def choose_threshold(
-    policy: AlertPolicy,
+    policy: ThresholdRule,
     label: NDArray[Any],
     risk: NDArray[Any],
     customer: NDArray[Any],

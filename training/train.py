@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from state.encoding import DAY, FeatureSpec, context_features, step_features, window_index
 from state.errors import ConfigError
 from training import fitting
-from training.alerts import AlertPolicy, choose_threshold
+from training.alerts import ThresholdRule, choose_threshold
 from training.choice import choose_served
 from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW, SEARCH_SHARE
 from training.evaluate import (
@@ -78,7 +78,7 @@ class TrainOptions:
     budget_s: float = DEFAULT_BUDGET_S  # wall-clock cap of the search and the refit
     fixed: dict[str, Any] = field(default_factory=dict)  # recipe values the search must keep (given as flags)
     refit: bool = True  # fit the chosen recipe again on every event before publishing
-    alerts: AlertPolicy = field(default_factory=AlertPolicy)
+    alerts: ThresholdRule = field(default_factory=ThresholdRule)
     seed: int = 0
     promote: str = "auto"
     patience: int = 3
