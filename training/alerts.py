@@ -38,14 +38,6 @@ class ThresholdRule:
         return "best F1"
 
 
-def daily_alert_share(risk: NDArray[Any], customer: NDArray[Any], score_ts: NDArray[Any], threshold: float) -> float:
-    """Share of (customer, day) pairs scored whose risk reached `threshold` that day."""
-    if len(risk) == 0:
-        return float("nan")
-    pair_max = _pair_max(risk, customer, score_ts)
-    return float(np.mean(pair_max >= threshold))
-
-
 def _pair_max(risk: NDArray[Any], customer: NDArray[Any], score_ts: NDArray[Any]) -> NDArray[np.float64]:
     """Each scored (customer, day)'s highest risk."""
     day = np.asarray(score_ts, dtype=np.int64) // int(DAY)
@@ -63,8 +55,8 @@ def choose_threshold(
     score_ts: NDArray[Any],
 ) -> tuple[float, dict[str, Any]]:
     """(threshold, what to expect there) on labelled validation points."""
+    pair_max = _pair_max(risk, customer, score_ts)  # each scored (customer, day)'s highest risk
     if policy.kind == "budget":
-        pair_max = _pair_max(risk, customer, score_ts)
         threshold = float(np.quantile(pair_max, 1 - policy.value)) if len(pair_max) else 1.0
         # a tie at the quantile would alert more than the budget: step just above it
         if len(pair_max) and np.mean(pair_max >= threshold) > policy.value:
@@ -82,6 +74,6 @@ def choose_threshold(
         "value": policy.value,
         "precision": round(float(np.mean(label[alerted])), 4) if alerted.any() else None,
         "recall": round(float(np.sum(label[alerted]) / positives), 4),
-        "alerted_share_per_day": round(daily_alert_share(risk, customer, score_ts, threshold), 4),
+        "alerted_share_per_day": round(float(np.mean(pair_max >= threshold)), 4) if len(pair_max) else float("nan"),
     }
     return threshold, expected

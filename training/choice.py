@@ -15,18 +15,14 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.metrics import roc_auc_score
 
 from state.encoding import FeatureSpec
 from training.evaluate import ScoringSet, predict
 from training.fitting import Arrays, Fitted, log, next_accuracy_on, serve_ngram_alone, serve_recency_alone
 from training.history import History
+from training.metrics import roc_auc
 
 CHANCE = 0.5  # recency's ROC AUC at events: every customer's silence is zero there
-
-
-def _auc(label: NDArray[Any], score: NDArray[Any]) -> float:
-    return float(roc_auc_score(label, score)) if 0 < label.sum() < len(label) else float("nan")
 
 
 def choose_served(
@@ -50,10 +46,10 @@ def choose_served(
     label = val_as_of.churn_label[known]
     _, risk = predict(fitted.serve_model, spec, history, val_as_of.subset(known))
     silence = (val_as_of.score_ts - history.ts[val_as_of.ends])[known].astype(np.float64)
-    model_auc, recency_auc = _auc(label, risk), _auc(label, silence)
+    model_auc, recency_auc = roc_auc(label, risk), roc_auc(label, silence)
     at_events = val_events.subset(val_events.churn_known)
     _, event_risk = predict(fitted.serve_model, spec, history, at_events)
-    event_auc = _auc(at_events.churn_label, event_risk)
+    event_auc = roc_auc(at_events.churn_label, event_risk)
     network_score, recency_score = np.nanmean([model_auc, event_auc]), np.nanmean([recency_auc, CHANCE])
     churn_served = "recency" if network_score < recency_score else "network"
     if churn_served == "recency":

@@ -32,3 +32,18 @@ def test_the_refit_keeps_the_best_epochs_when_the_budget_holds_them() -> None:
 def test_the_refit_shortens_or_stops_when_the_budget_runs_out() -> None:
     assert epochs_within(fitted(100.0, 10, 8), seconds_left=90.0, growth=1.5) == 6  # 15 s an epoch
     assert epochs_within(fitted(100.0, 10, 8), seconds_left=40.0, growth=1.5) == 0  # 2 < half of 8
+
+
+def test_alert_thresholds_follow_the_rule_they_were_asked_for() -> None:
+    import numpy as np
+
+    from training.alerts import ThresholdRule, choose_threshold
+
+    rng = np.random.default_rng(0)
+    label = (rng.random(2000) < 0.2).astype(float)
+    risk = np.clip(label * 0.3 + rng.random(2000) * 0.7, 0, 1)
+    customer, ts = rng.integers(0, 500, 2000), rng.integers(0, 30, 2000) * 86_400
+    _, budget = choose_threshold(ThresholdRule("budget", 0.05), label, risk, customer, ts)
+    assert abs(budget["alerted_share_per_day"] - 0.05) < 0.005
+    _, precise = choose_threshold(ThresholdRule("precision", 0.6), label, risk, customer, ts)
+    assert precise["precision"] >= 0.6 and precise["recall"] > 0
