@@ -172,8 +172,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
+        from redis.connection import parse_url
+
         if not re.match(r"^(redis|rediss|unix)://", value):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parse_url(value)  # what redis-py's from_url does, so that no command fails later
+        except ValueError:
+            # redis-py's message quotes a piece of the URL, which may be part of the password
+            raise ValueError(
+                "is not a valid Redis URL (percent-encode '/', '?', '#' and '@' in the user and password)"
+            ) from None
         return value
 
     @field_validator("kafka", mode="before")
@@ -281,7 +290,8 @@ def load_settings(**overrides: Any) -> Settings:
         shown = first.get("input")
         if isinstance(shown, dict):
             got = ""
-        elif is_secret_name(name):
+        elif is_secret_name(name) or name == "SEQSCORE_REDIS_URL":
+            # a URL the validator could not parse cannot be masked piece by piece either
             got = f" (got {MASK})"
         else:
             got = f" (got {mask_url(repr(shown))})"
