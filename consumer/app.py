@@ -42,7 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from numpy.typing import NDArray
 
 from consumer import failpoints, silence
-from consumer.emit import Emitter, churn_alert_value, dlq_headers, next_action_values
+from consumer.emit import DeliveryFailed, Emitter, churn_alert_value, dead_letter, next_action_values
 from consumer.health import HealthState, serve_http
 from consumer.metrics import Metrics
 from consumer.policy import SUPPRESS_REASONS, AlertPolicy, Decisions, Gated, NextActionPolicy, decide, gate_next_actions
@@ -51,7 +51,7 @@ from consumer.scoring import ModelRunner
 from consumer.segments_page import PageContext, SegmentsPage
 from consumer.settings import ModelSettings, Settings
 from consumer.source import EventDecoder, next_offsets, poll_batch
-from consumer.topics import ensure_topics
+from consumer.topics import dead_letter_limit, ensure_topics
 from state.encoding import activity_codes, encode
 from state.errors import KafkaUnavailable
 from state.store import (
@@ -73,6 +73,7 @@ log = logging.getLogger(__name__)
 LAG_EVERY_S = 1.0
 LAG_QUERY_BUDGET_S = 1.0  # a broker that does not answer must not hold up a stop request for long
 SWEEP_STEP_S = 86_400
+DELIVERY_RETRY_S = (0.5, 30.0)  # the first wait before a batch whose delivery failed is sent again, and the most
 
 
 @dataclass
@@ -178,11 +179,15 @@ class Scorer:
         self.http: Any = None
         self.profiles: ProfileFollower | None = None
         self._abandoned = False  # stopped mid-batch during an outage: store and commit nothing more
+        self._in_hand: list[Message] = []  # the batch being processed (not yet pending)
+        self._dlq_limit = 0  # the most a dead letter may take, read from the DLQ topic at start
+        self._delivery_retry_s = DELIVERY_RETRY_S[0]
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
         s = self.settings
         ensure_topics(s)
+        self._dlq_limit = dead_letter_limit(s)
         self.runner = self.watcher.load_current()
         self._set_model(self.runner)
         self.store = self._new_store()
@@ -301,12 +306,12 @@ class Scorer:
         # whatever stays pending is stored later; a new owner of these partitions replays it
         # against either state consistently (the write is idempotent)
         if not self._abandoned:
-            stored = self._flush_pending(attempts=3)
+            stored = self._flush_pending_unless_failed(attempts=3)
             if not stored and self.settings.exactly_once:
                 # its outputs sit in the open transaction; carrying on would commit them with the
                 # next batch while the partitions' new owner replays them: stop, let it abort
                 raise StopServing("exactly-once: a revoked batch could not be stored")
-            if not self.settings.exactly_once:
+            if stored and not self.settings.exactly_once:
                 self._commit_now()
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._forget_clocks(partitions)
@@ -380,11 +385,17 @@ class Scorer:
         try:
             self._open()
             while not self.stop_requested.is_set():
-                self.step()
+                try:
+                    self.step()
+                except DeliveryFailed as exc:
+                    self._send_again_after(exc)
         except StopServing as exc:
             # waiting for the outage to end would hold the stop for as long as it lasts
             self._abandoned = True
             log.warning("stopping without storing the last batch (%s): the partitions' next owner replays it", exc)
+        except BaseException:
+            self._abandoned = True  # whatever failed, the batch in hand is not known to be delivered
+            raise
         finally:
             self.close()
 
@@ -421,6 +432,7 @@ class Scorer:
     def process(self, messages: list[Message]) -> BatchReport:
         assert self.emitter is not None and self.store is not None and self.runner is not None
         s, timers = self.settings, self.metrics.stage_timers
+        self._in_hand = messages
         self.metrics.batch_size.observe(len(messages))
         report = BatchReport(records=len(messages))
 
@@ -440,14 +452,61 @@ class Scorer:
         # after the previous batch was committed, so that (exactly-once) its transaction holds
         # its own dead letters only
         for msg, reason, detail in decoded.invalid:
-            self.emitter.send(s.topics.dlq, msg.key(), msg.value(), dlq_headers(msg, reason, detail))
+            self.emitter.send(s.topics.dlq, *dead_letter(msg, reason, detail, self._dlq_limit))
             self.metrics.invalid.labels(reason).inc()
         stamped = decoded.kafka_ts[decoded.kafka_ts > 0]
         self.metrics.latency.observe_many(np.maximum(0.0, (time.time() * 1000 - stamped) / 1000.0))
         # acknowledged while the next batch is polled and decoded; its state is stored with
         # the next batch's state round trip, once the acks are in
         self._pending = (write, messages)
+        self._in_hand = []
         return report
+
+    def _send_again_after(self, failure: DeliveryFailed) -> None:
+        """A record of the pending batch or of the batch in hand was refused: commit neither.
+        Seek back to their first offsets, so that both are scored and sent again (their state
+        was not stored: the same predictions), after a wait that doubles while it keeps
+        failing; /readyz fails meanwhile. A dead letter that no longer fits is cut anew to
+        the DLQ topic's current limit."""
+        assert self.consumer is not None and self.emitter is not None
+        self.metrics.kafka_errors.labels("delivery").inc()
+        self.health.paused_reason = "output delivery"
+        self.metrics.paused.labels("kafka").set(1)
+        unsent = (self._pending[1] if self._pending is not None else []) + self._in_hand
+        self._pending, self._in_hand = None, []
+        first: dict[tuple[str, int], int] = {}
+        for msg in unsent:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is not None and partition is not None and offset is not None and offset >= 0:
+                first[topic, partition] = min(offset, first.get((topic, partition), offset))
+        log.error("%s: nothing of the last %d records is committed; sending them again in %.1fs",
+                  failure, len(unsent), self._delivery_retry_s)
+        if not self.emitter.recover():
+            log.warning("the producer cannot go on after a fatal error: starting a new one")
+            self.emitter = Emitter(
+                self.settings.kafka_config(),
+                on_wait=self._keep_membership,
+                transactional_id=self.settings.transactional_id() if self.settings.exactly_once else None,
+            )
+        deadline = time.monotonic() + self._delivery_retry_s
+        while time.monotonic() < deadline:
+            self._keep_membership()
+            time.sleep(0.05)
+        self._delivery_retry_s = min(2 * self._delivery_retry_s, DELIVERY_RETRY_S[1])
+        for (topic, partition), offset in first.items():
+            if (topic, partition) in self._assigned:
+                self.consumer.seek(TopicPartition(topic, partition, offset))
+        self._dlq_limit = dead_letter_limit(self.settings)
+        self._resume()
+
+    def _flush_pending_unless_failed(self, attempts: int) -> bool:
+        """`_flush_pending` from a callback or at shutdown: a failed delivery leaves the batch
+        unstored and uncommitted (False), and stays latched for the loop to send it again."""
+        try:
+            return self._flush_pending(attempts)
+        except DeliveryFailed as exc:
+            log.error("%s: the last batch is neither stored nor committed", exc)
+            return False
 
     def _flush_pending(self, attempts: int | None = None) -> bool:
         """Store the last batch's state, then its offsets. With `attempts`, give up after that
@@ -480,6 +539,11 @@ class Scorer:
 
     def _offsets_stored_after(self, messages: list[Message]) -> None:
         self._pending = None
+        if self.health.paused_reason == "output delivery":
+            log.info("outputs are delivered again, resuming")
+            self.health.paused_reason = None
+            self.metrics.paused.labels("kafka").set(0)
+            self._delivery_retry_s = DELIVERY_RETRY_S[0]
         t = time.perf_counter()
         if self.settings.exactly_once and self.consumer is not None:
             self._commit_transaction(messages)
@@ -847,10 +911,9 @@ class Scorer:
         if self.emitter is not None:
             self.emitter.close()
         if self.consumer is not None:
-            if not self._abandoned:
-                self._flush_pending(attempts=5)
-                if not self.settings.exactly_once:
-                    self._commit_now()
+            stored = not self._abandoned and self._flush_pending_unless_failed(attempts=5)
+            if stored and not self.settings.exactly_once:
+                self._commit_now()
             self.consumer.close()
             self.consumer = None
         if self.http is not None:

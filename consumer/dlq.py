@@ -27,6 +27,7 @@ from state.events import InvalidReason
 
 REASON_HEADER = "seqscore.reason"
 REPLAYED_FROM_HEADER = "seqscore.replayed-from"
+TRUNCATED_HEADER = "seqscore.truncated"
 NO_REASON = "(none)"  # a DLQ record without a seqscore.reason header (written by something else)
 PROGRESS_EVERY_S = 2.0
 # a replay is run by hand: a broker that does not acknowledge within this fails the command
@@ -43,13 +44,16 @@ class ReplayReport:
     selected: int = 0
     replayed: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)  # of the selected records
+    truncated: int = 0  # selected, but cut to fit the DLQ: never replayed (the value is not whole)
     dry_run: bool = False
 
     def summary(self) -> str:
         reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(self.by_reason.items())) or "none"
         verb = "would replay" if self.dry_run else "replayed"
+        cut = (f"; {self.truncated} truncated copies left out (find the originals by seqscore.original_sha256)"
+               if self.truncated else "")
         return (f"dlq replay: read {self.read}, selected {self.selected}, {verb} "
-                f"{self.selected if self.dry_run else self.replayed}; by reason: {reasons}")
+                f"{self.selected - self.truncated if self.dry_run else self.replayed}; by reason: {reasons}{cut}")
 
 
 def _headers(msg: Message) -> Headers:
@@ -174,6 +178,9 @@ def replay(
                     continue
                 report.selected += 1
                 report.by_reason[reason] += 1
+                if any(k == TRUNCATED_HEADER for k, _ in _headers(msg)):
+                    report.truncated += 1
+                    continue
                 if emitter is not None:
                     emitter.send(target, msg.key(), msg.value(), replay_headers(msg))
                     report.replayed += 1

@@ -1,8 +1,13 @@
 """Kafka out: output messages, dead letters, and a producer that waits for acknowledgements.
 
-The delivery callback latches the first error; `wait_delivered` raises it, so a batch's
-offsets are never stored unless every one of its records (outputs and dead letters) was
-acknowledged. BufferError is backpressure: serve deliveries and retry, never drop.
+The delivery callback latches the first error, and so does a record that `produce` refuses;
+`wait_delivered` raises it (DeliveryFailed) until `recover` is called, so a batch's offsets are
+never stored unless every one of its records (outputs and dead letters) was acknowledged, on
+any path (the shutdown's flush included). BufferError is backpressure: serve deliveries and
+retry, never drop.
+
+A dead letter is the original record with `seqscore.*` headers; one too big to copy whole is
+cut to what the dead-letter topic accepts (`dead_letter`), with the original's size and SHA-256.
 """
 
 from __future__ import annotations
@@ -22,6 +27,20 @@ from state.errors import KafkaUnavailable
 from state.events import SCHEMA_VERSION
 
 TRANSACTION_CALL_S = 30.0
+# what a record costs beyond its key, value and header bytes (record batch header, varints):
+# 61 B of batch header and about 20 B of record framing, with room to spare
+RECORD_OVERHEAD_BYTES = 512
+# a key longer than this is itself hostile: the dead letter keeps its first bytes
+MAX_DEAD_LETTER_KEY_BYTES = 4096
+PRODUCER_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+
+
+class DeliveryFailed(KafkaUnavailable):
+    """A record sent was refused, by the producer or the broker: the batch must not commit."""
+
+    def __init__(self, error: KafkaError | str) -> None:
+        super().__init__(f"delivery failed: {error}")
+        self.fatal = isinstance(error, KafkaError) and error.fatal()
 
 
 def prediction_id(kind: str, event_id: str, model_version: str) -> str:
@@ -110,19 +129,71 @@ def churn_alert_value(
     )
 
 
-def dlq_headers(msg: Message, reason: str, detail: str) -> list[tuple[str, str | bytes | None]]:
-    """The original headers plus the seqscore.* ones (design.md: DLQ record)."""
+Header = tuple[str, str | bytes | None]
+
+
+# the headers a dead letter gets from the scorer; an original's own copies are dropped, so that
+# a producer cannot choose the reason its record is filed (and replayed) under
+DEAD_LETTER_HEADERS = frozenset(
+    f"seqscore.{name}"
+    for name in ("reason", "detail", "topic", "partition", "offset", "truncated", "original_size",
+                 "original_sha256", "original_key_size", "original_headers_dropped")
+)
+
+
+def original_headers(msg: Message) -> list[Header]:
     original = msg.headers() or []
     pairs = original.items() if isinstance(original, dict) else original
-    headers: list[tuple[str, str | bytes | None]] = [(str(k), v) for k, v in pairs]
-    headers += [
+    return [(str(k), v) for k, v in pairs if str(k) not in DEAD_LETTER_HEADERS]
+
+
+def dlq_headers(msg: Message, reason: str, detail: str) -> list[Header]:
+    """The original headers plus the seqscore.* ones (docs/serving.md: dead letters)."""
+    return original_headers(msg) + seqscore_headers(msg, reason, detail)
+
+
+def seqscore_headers(msg: Message, reason: str, detail: str) -> list[Header]:
+    return [
         ("seqscore.reason", reason.encode()),
         ("seqscore.detail", detail.encode("utf-8", "replace")[:1024]),
         ("seqscore.topic", (msg.topic() or "").encode()),
         ("seqscore.partition", str(msg.partition()).encode()),
         ("seqscore.offset", str(msg.offset()).encode()),
     ]
-    return headers
+
+
+def _size(value: str | bytes | None) -> int:
+    return len(value.encode() if isinstance(value, str) else value) if value is not None else 0
+
+
+def record_bytes(key: bytes | str | None, value: bytes | None, headers: list[Header]) -> int:
+    """What the producer counts against message.max.bytes, plus the record's framing."""
+    return _size(key) + _size(value) + sum(_size(k) + _size(v) for k, v in headers) + RECORD_OVERHEAD_BYTES
+
+
+def dead_letter(msg: Message, reason: str, detail: str, limit: int) -> tuple[bytes | None, bytes | None, list[Header]]:
+    """The DLQ record for `msg`: key, value and headers, no more than `limit` bytes in all.
+    Whole when it fits. Otherwise the value is cut (then the original headers dropped, the key
+    cut), with `seqscore.truncated`, the original value's size and SHA-256 (to find it), and
+    how many original headers were dropped."""
+    key, value = msg.key(), msg.value()
+    original, ours = original_headers(msg), seqscore_headers(msg, reason, detail)
+    if record_bytes(key, value, original + ours) <= limit:
+        return key, value, original + ours
+    whole = value or b""
+    ours += [
+        ("seqscore.truncated", b"1"),
+        ("seqscore.original_size", str(len(whole)).encode()),
+        ("seqscore.original_sha256", hashlib.sha256(whole).hexdigest().encode()),
+    ]
+    if key is not None and len(key) > MAX_DEAD_LETTER_KEY_BYTES:
+        ours.append(("seqscore.original_key_size", str(len(key)).encode()))
+        key = key[:MAX_DEAD_LETTER_KEY_BYTES]
+    if record_bytes(key, None, original + ours) > limit:
+        ours.append(("seqscore.original_headers_dropped", str(len(original)).encode()))
+        original = []
+    room = max(0, limit - record_bytes(key, None, original + ours))
+    return key, whole[:room], original + ours
 
 
 class Emitter:
@@ -194,9 +265,29 @@ class Emitter:
             raise KafkaUnavailable(f"transaction not committed: {error}") from exc
         finally:
             self._in_transaction = False
+        self._raise_failed()
+
+    def _raise_failed(self) -> None:
         if self._error is not None:
-            error, self._error = self._error, None
-            raise KafkaUnavailable(f"delivery failed: {error}")
+            raise DeliveryFailed(self._error)
+
+    def failed(self) -> bool:
+        return self._error is not None
+
+    def recover(self) -> bool:
+        """After a failed delivery: wait out what is still in flight, abort the open transaction
+        and forget the error, so the batch can be sent again. False when the producer cannot
+        go on (a fatal error): the caller makes a new one."""
+        self.producer.flush(TRANSACTION_CALL_S)
+        fatal = isinstance(self._error, KafkaError) and self._error.fatal()
+        if self._in_transaction and not fatal:
+            try:
+                self.producer.abort_transaction(TRANSACTION_CALL_S)
+            except KafkaException:
+                fatal = True
+        self._in_transaction = False
+        self._error = None
+        return not fatal
 
     def _begin(self) -> None:
         if self.transactional and not self._in_transaction:
@@ -207,12 +298,20 @@ class Emitter:
         if err is not None and self._error is None:
             self._error = err
 
+    def _refused(self, exc: KafkaException) -> DeliveryFailed:
+        """`produce` refused a record (too large, unknown topic, fatal producer state): the
+        same as a failed delivery, latched so that the batch never commits."""
+        error = exc.args[0] if exc.args else None
+        if self._error is None:
+            self._error = error if isinstance(error, KafkaError) else KafkaError(KafkaError._FAIL, str(exc))
+        return DeliveryFailed(self._error)
+
     def send(
         self,
         topic: str,
         key: bytes | str | None,
         value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None = None,
+        headers: list[Header] | None = None,
     ) -> None:
         self._begin()
         while True:
@@ -221,6 +320,8 @@ class Emitter:
                 return
             except BufferError:
                 self._wait_for_room()
+            except KafkaException as exc:
+                raise self._refused(exc) from None
 
     def send_many(self, topic: str, keys: list[str], values: list[bytes]) -> None:
         """`send` of each (key, value), in one call: a batch's outputs without a Python call
@@ -234,6 +335,8 @@ class Emitter:
                     break
                 except BufferError:
                     self._wait_for_room()
+                except KafkaException as exc:
+                    raise self._refused(exc) from None
 
     def _wait_for_room(self) -> None:
         """The local queue is full: serve deliveries (and the consumer's membership) a while."""
@@ -242,7 +345,8 @@ class Emitter:
             self._on_wait()
 
     def wait_delivered(self, slow_after_s: float = 1.0, keep_membership: bool = True) -> None:
-        """Block until every record sent so far is acknowledged; raise the first delivery error.
+        """Block until every record sent so far is acknowledged; raise the first delivery error
+        (again at every call, until `recover`).
         Past `slow_after_s` it calls `on_wait` (keep the consumer's membership), except when
         called from a consumer callback (`keep_membership=False`)."""
         started = time.monotonic()
@@ -251,9 +355,7 @@ class Emitter:
                 break
             if keep_membership and self._on_wait is not None and time.monotonic() - started > slow_after_s:
                 self._on_wait()
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise KafkaUnavailable(f"delivery failed: {error}")
+        self._raise_failed()
 
     def close(self, timeout_s: float = 30.0) -> None:
         self.producer.flush(timeout_s)

@@ -6,8 +6,9 @@ import logging
 import time
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
+from consumer.emit import PRODUCER_MAX_MESSAGE_BYTES
 from consumer.settings import Settings
 from state.errors import KafkaUnavailable
 
@@ -49,6 +50,23 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 raise KafkaUnavailable(f"creating topic {name} failed: {exc}") from exc
     log.info("created topics: %s", ", ".join(created))
     return created
+
+
+def dead_letter_limit(settings: Settings, timeout_s: float = 10.0) -> int:
+    """The most a dead letter may take: the DLQ topic's max.message.bytes (which counts the
+    whole record batch) and the producer's message.max.bytes, the smaller. A broker that does
+    not say leaves the producer's limit."""
+    producer_limit = int(settings.kafka.get("message.max.bytes", PRODUCER_MAX_MESSAGE_BYTES))
+    admin = AdminClient(settings.kafka_config(log_level=2))
+    resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topics.dlq)
+    try:
+        entries = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
+        topic_limit = int(entries["max.message.bytes"].value)
+    except (KafkaException, KeyError, ValueError, TypeError) as exc:
+        log.warning("the DLQ topic's max.message.bytes is unknown (%s): dead letters are cut to %d bytes",
+                    exc, producer_limit)
+        return producer_limit
+    return min(producer_limit, topic_limit)
 
 
 def topic_names(settings: Settings, timeout_s: float = 30.0) -> set[str]:

@@ -1,0 +1,171 @@
+"""A refused record never lets its batch commit, and a dead letter always fits its topic.
+No broker: the producer points at a closed port, and the scorer's consumer and store are fakes
+that record what they were asked (end to end: tests/integration/test_poison_stream.py)."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from confluent_kafka import KafkaError, Message, TopicPartition
+
+from consumer.app import Scorer
+from consumer.emit import DeliveryFailed, Emitter, dead_letter, record_bytes
+from consumer.settings import load_settings
+
+NOWHERE = {"bootstrap.servers": "127.0.0.1:1", "log_level": 0}
+
+
+def incoming(value: bytes, key: bytes | None = b"c1", headers: list[tuple[str, bytes]] | None = None,
+             offset: int = 7) -> Message:
+    return Message(topic="activity-events", partition=1, offset=offset, key=key, value=value,
+                   headers=headers if headers is not None else [("origin", b"crm")])
+
+
+def headers_of(dead: tuple[bytes | None, bytes | None, list[tuple[str, Any]]]) -> dict[str, Any]:
+    return dict(dead[2])
+
+
+def test_a_dead_letter_that_fits_is_the_original_with_the_reason() -> None:
+    msg = incoming(b"{" * 100)
+    key, value, headers = dead_letter(msg, "bad_json", "line 1", limit=10_000)
+    assert (key, value) == (b"c1", b"{" * 100)
+    assert headers[0] == ("origin", b"crm")
+    assert dict(headers)["seqscore.reason"] == b"bad_json"
+    assert "seqscore.truncated" not in dict(headers)
+
+
+@pytest.mark.parametrize("size", [999_900, 1_040_000, 1_048_400])
+def test_a_record_too_big_to_copy_is_cut_to_the_limit_and_says_what_it_was(size: int) -> None:
+    value = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    dead = dead_letter(incoming(value), "too_large", f"{size} bytes > limit 65536", limit=1_000_000)
+    key, cut, headers = dead
+    assert record_bytes(key, cut, headers) <= 1_000_000
+    assert cut is not None and value.startswith(cut) and len(cut) > 990_000
+    marks = headers_of(dead)
+    assert marks["seqscore.reason"] == b"too_large"
+    assert marks["seqscore.truncated"] == b"1"
+    assert marks["seqscore.original_size"] == str(size).encode()
+    assert marks["seqscore.original_sha256"] == hashlib.sha256(value).hexdigest().encode()
+    assert marks["origin"] == b"crm", "the original headers stay while they fit"
+
+
+def test_huge_headers_and_a_huge_key_are_dropped_and_cut_before_the_limit_is_broken() -> None:
+    msg = incoming(b"v" * 50_000, key=b"k" * 200_000, headers=[(f"h{i}", b"x" * 1000) for i in range(300)])
+    dead = dead_letter(msg, "bad_json", "x", limit=100_000)
+    key, value, headers = dead
+    assert record_bytes(key, value, headers) <= 100_000
+    marks = headers_of(dead)
+    assert key == b"k" * 4096 and marks["seqscore.original_key_size"] == b"200000"
+    assert marks["seqscore.original_headers_dropped"] == b"300" and "h0" not in marks
+    assert value == b"v" * 50_000 or marks["seqscore.original_size"] == b"50000"
+
+
+def test_a_producer_cannot_choose_the_reason_its_record_is_filed_under() -> None:
+    msg = incoming(b"{", headers=[("seqscore.reason", b"missing_field"), ("seqscore.replayed-from", b"dlq:0:1")])
+    headers = dead_letter(msg, "bad_json", "x", limit=10_000)[2]
+    assert [v for k, v in headers if k == "seqscore.reason"] == [b"bad_json"]
+    assert ("seqscore.replayed-from", b"dlq:0:1") in headers, "where a replayed record came from stays"
+
+
+def test_a_failed_delivery_stays_failed_until_recovered() -> None:
+    emitter = Emitter(NOWHERE)
+    emitter._delivered(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED), None)  # the delivery callback
+    for _ in range(2):  # the loop's wait, then the shutdown's: neither may see a clean slate
+        with pytest.raises(DeliveryFailed, match="TOPIC_AUTHORIZATION_FAILED"):
+            emitter.wait_delivered(keep_membership=False)
+    assert emitter.recover()
+    emitter.wait_delivered(keep_membership=False)
+
+
+def test_a_record_the_producer_refuses_fails_the_batch_instead_of_the_process() -> None:
+    emitter = Emitter(NOWHERE | {"message.max.bytes": 1000})
+    with pytest.raises(DeliveryFailed, match="MSG_SIZE_TOO_LARGE"):
+        emitter.send("activity-events.dlq", b"k", b"x" * 5000)
+    assert emitter.failed()
+    with pytest.raises(DeliveryFailed):
+        emitter.send_many("next-actions", ["k"], [b"x" * 5000])
+    with pytest.raises(DeliveryFailed):
+        emitter.wait_delivered(keep_membership=False)
+
+
+class FakeConsumer:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.calls.append(("store_offsets", offsets))
+
+    def commit(self, **kwargs: Any) -> None:
+        self.calls.append(("commit", kwargs))
+
+    def seek(self, tp: TopicPartition) -> None:
+        self.calls.append(("seek", (tp.topic, tp.partition, tp.offset)))
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition("activity-events", 1)]
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        pass
+
+    def poll(self, timeout: float) -> None:
+        return None
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return partitions
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.writes: list[object] = []
+
+    def write(self, write: object) -> None:
+        self.writes.append(write)
+
+
+@pytest.fixture
+def failed_scorer(monkeypatch: pytest.MonkeyPatch) -> Scorer:
+    """A scorer whose pending batch (offsets 7 and 8 of partition 1) had a record refused."""
+    scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1"))
+    monkeypatch.setattr("consumer.app.dead_letter_limit", lambda settings: 1_000_000)
+    scorer.consumer = FakeConsumer()  # type: ignore[assignment]
+    scorer.store = FakeStore()  # type: ignore[assignment]
+    scorer.emitter = Emitter(NOWHERE)
+    scorer.emitter._delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    scorer._assigned = {("activity-events", 1)}
+    scorer._pending = (object(), [incoming(b"{}", offset=7), incoming(b"{}", offset=8)])  # type: ignore[assignment]
+    return scorer
+
+
+def test_close_after_a_failed_delivery_neither_stores_nor_commits_the_batch(failed_scorer: Scorer) -> None:
+    consumer = failed_scorer.consumer
+    store = failed_scorer.store
+    with pytest.raises(DeliveryFailed):  # how the loop learns of it, in the next batch's wait for acks
+        failed_scorer._await_acks(keep_membership=False)
+    failed_scorer.close()
+    assert store.writes == []  # type: ignore[union-attr]
+    assert [name for name, _ in consumer.calls] == ["close"]  # type: ignore[union-attr]
+
+
+def test_a_revocation_after_a_failed_delivery_commits_nothing(failed_scorer: Scorer) -> None:
+    failed_scorer._on_revoke(failed_scorer.consumer, [TopicPartition("activity-events", 1)])  # type: ignore[arg-type]
+    assert failed_scorer.store.writes == []  # type: ignore[union-attr]
+    assert failed_scorer.consumer.calls == []  # type: ignore[union-attr]
+
+
+def test_a_failed_batch_is_sent_again_from_its_first_offset_and_readyz_fails_meanwhile(failed_scorer: Scorer) -> None:
+    failed_scorer._delivery_retry_s = 0.0
+    failed_scorer._send_again_after(DeliveryFailed("MSG_SIZE_TOO_LARGE"))
+    assert failed_scorer.consumer.calls == [("seek", ("activity-events", 1, 7))]  # type: ignore[union-attr]
+    assert failed_scorer._pending is None and failed_scorer.store.writes == []  # type: ignore[union-attr]
+    ready, problems = failed_scorer.health.ready()
+    assert not ready and "paused: output delivery unavailable" in problems
+    assert failed_scorer.metrics.kafka_errors.labels("delivery")._value.get() == 1
+    failed_scorer.emitter.wait_delivered(keep_membership=False)  # type: ignore[union-attr]
