@@ -104,7 +104,7 @@ class Metrics:
                 self.alerts.labels(kind, trigger)
         for reason in SUPPRESS_REASONS:
             self.suppressed.labels(reason)
-        for result in ("loaded", "refused"):
+        for result in ("loaded", "refused", "fallback", "unreadable"):
             self.reloads.labels(result)
         for reason in ("redis", "kafka"):
             self.paused.labels(reason).set(0)
