@@ -673,6 +673,12 @@ class Scorer:
 
         t = time.perf_counter()
         proba_all, risk_all = runner.infer(inputs)  # events and silences in one call
+        finite: NDArray[np.bool_] = np.asarray(
+            np.isfinite(proba_all).all(axis=1) & np.isfinite(risk_all).reshape(len(risk_all), -1).all(axis=1)
+        )
+        if not finite.all():
+            emit, quiet, inputs, proba_all, risk_all = self._without_non_finite(finite, emit, quiet, inputs,
+                                                                                proba_all, risk_all)
         n_events = len(emit)
         event_inputs = {k: v[:n_events] for k, v in inputs.items()} if len(quiet) else inputs
         steps = self.settings.outputs.steps
@@ -683,6 +689,26 @@ class Scorer:
         self._emit(applied, events, event_ids, emit, quiet, proba_all, risk_all, forecast, write, report)
         timers["produce"].observe(time.perf_counter() - t)
         return write
+
+    def _without_non_finite(
+        self,
+        finite: NDArray[np.bool_],
+        emit: NDArray[np.int64],
+        quiet: silence.Silences,
+        inputs: dict[str, NDArray[Any]],
+        proba: NDArray[np.float32],
+        risk: NDArray[np.float32],
+    ) -> tuple[NDArray[np.int64], silence.Silences, dict[str, NDArray[Any]], NDArray[np.float32], NDArray[np.float32]]:
+        """A model that passed its smoke test may still answer NaN on some input: those rows get
+        no output and no alert decision (JSON would carry `null`), and are counted."""
+        assert self.runner is not None
+        n_events = len(emit)
+        self.metrics.non_finite.inc(int((~finite).sum()))
+        log.error("model %s answered NaN or infinity for %d of %d rows: no output for them",
+                  self.runner.version, int((~finite).sum()), len(finite))
+        quiet = silence.take_rows(quiet, np.flatnonzero(finite[n_events:]))
+        emit = emit[finite[:n_events]]
+        return emit, quiet, {k: v[finite] for k, v in inputs.items()}, proba[finite], risk[finite]
 
     def _emit(
         self,

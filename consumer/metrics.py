@@ -45,6 +45,11 @@ class Metrics:
         self.silence_scored = Counter(
             "seqscore_silence_scored_total", "Silent customers scored as their silence crossed a mark.", registry=r
         )
+        self.non_finite = Counter(
+            "seqscore_non_finite_outputs_total",
+            "Rows the model answered with NaN or infinity: they get no output.",
+            registry=r,
+        )
         self.suppressed = Counter(
             "seqscore_next_actions_suppressed_total",
             "Next-action predictions a decision policy held back, by reason.",

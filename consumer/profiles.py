@@ -88,7 +88,13 @@ class ProfileFollower:
     def _run(self) -> None:
         try:
             while not self._stop.is_set():
-                messages = [m for m in poll_batch(self.consumer, 1000, 500) if m.error() is None]
+                try:
+                    messages = [m for m in poll_batch(self.consumer, 1000, 500) if m.error() is None]
+                except KafkaException as exc:  # the follower carries erasures: it must not end quietly
+                    self.metrics.kafka_errors.labels("profiles").inc()
+                    log.warning("profiles: consume failed, polling again: %s", exc)
+                    self._stop.wait(1.0)
+                    continue
                 if messages:
                     self._apply_until_done(messages)
         finally:
@@ -101,12 +107,17 @@ class ProfileFollower:
         while not self._stop.is_set():
             try:
                 apply_profiles(self.store, self.metrics, messages, self.settings.max_event_bytes)
-            except redis.RedisError as exc:
-                self.metrics.redis_errors.inc()
-                log.warning("profiles: Redis unavailable, retrying in %.1fs: %s", delay, exc)
-                self.consumer.pause(self.consumer.assignment())
+            except Exception as exc:  # Redis down, or anything else: retried, never skipped
+                if isinstance(exc, redis.RedisError):
+                    self.metrics.redis_errors.inc()
+                else:
+                    self.metrics.kafka_errors.labels("profiles").inc()
+                log.warning("profiles: applying %d records failed, retrying in %.1fs: %s", len(messages), delay, exc)
+                with contextlib.suppress(KafkaException):
+                    self.consumer.pause(self.consumer.assignment())
                 time.sleep(delay)
-                self.consumer.poll(0)
+                with contextlib.suppress(KafkaException):
+                    self.consumer.poll(0)
                 delay = min(delay * 2, 5.0)
                 continue
             self.consumer.resume(self.consumer.assignment())

@@ -152,9 +152,18 @@ def rows_of(snapshot: Snapshot, rows: NDArray[np.int64], names: dict[int, str]) 
     return out
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (a customer id like `=HYPERLINK(..)`)
+    gets a leading apostrophe, which spreadsheets show as text (OWASP's CSV injection advice)."""
+    return f"'{value}" if isinstance(value, str) and value.startswith(FORMULA_STARTS) else value
+
+
 def to_csv(records: list[dict[str, object]]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_COLUMNS, lineterminator="\n")
     writer.writeheader()
-    writer.writerows(records)
+    writer.writerows({k: spreadsheet_safe(v) for k, v in record.items()} for record in records)
     return buffer.getvalue()

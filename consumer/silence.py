@@ -55,7 +55,7 @@ def fired(
     both = _concat(stored, inside)
     order = np.lexsort((both.customer, both.as_of, both.before_event))
     return Silences(
-        both.customer[order], both.as_of[order], both.mark[order], both.before_event[order], _take(both.raw, order)
+        both.customer[order], both.as_of[order], both.mark[order], both.before_event[order], take_rows(both.raw, order)
     )
 
 
@@ -122,17 +122,17 @@ def _inside_batch(
     none = np.zeros(0, np.int64)
     event = np.concatenate(found_event) if found_event else none
     marks_hit = np.concatenate(found_mark) if found_mark else none
-    raw = _take(event_windows, event)
+    raw = take_rows(event_windows, event)
     raw.score_ts = batch.ts[event] + marks_hit
     before = np.concatenate(found_before) if found_before else none
     return Silences(applied.customer_index[event], raw.score_ts.copy(), marks_hit, before, raw)
 
 
-def _take(raw: RawWindows | Silences, rows: NDArray[np.int64]) -> Any:
+def take_rows(raw: RawWindows | Silences, rows: NDArray[np.int64]) -> Any:
     """The same arrays, at `rows`."""
     if isinstance(raw, Silences):
         return Silences(
-            raw.customer[rows], raw.as_of[rows], raw.mark[rows], raw.before_event[rows], _take(raw.raw, rows)
+            raw.customer[rows], raw.as_of[rows], raw.mark[rows], raw.before_event[rows], take_rows(raw.raw, rows)
         )
     return RawWindows(**{f.name: getattr(raw, f.name)[rows] for f in fields(RawWindows)})
 

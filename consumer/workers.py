@@ -183,7 +183,7 @@ class WorkerPool:
     # -- the endpoint ---------------------------------------------------------------------
     def routes(self) -> dict[str, Any]:
         return {"/metrics": self._metrics, "/healthz": self._healthz, "/readyz": self._readyz,
-                "/segments": self._segments}
+                "/segments": self._segments, "/segments.csv": self._segments_csv}
 
     def _metrics(self, _query: str) -> Response:
         scraped = []
@@ -219,11 +219,22 @@ class WorkerPool:
         return json_response(200 if ok else 503, {"ready": ok, "problems": problems, "model_version": version})
 
     def _segments(self, query: str) -> Response:
+        return self._from_a_worker("/segments", query, "text/html; charset=utf-8")
+
+    def _segments_csv(self, query: str) -> Response:
+        return self._from_a_worker("/segments.csv", query, "text/csv; charset=utf-8",
+                                   {"Content-Disposition": 'attachment; filename="segment.csv"'})
+
+    def _from_a_worker(self, path: str, query: str, content_type: str,
+                       headers: dict[str, str] | None = None) -> Response:
+        """Every worker reads the same Redis: the first one serving answers for the instance."""
         for worker in self.workers:
             if worker.running and worker.served:
-                status, body = worker.get(f"/segments?{query}" if query else "/segments")
+                status, body = worker.get(f"{path}?{query}" if query else path)
+                if status == 200:
+                    return Response(status, body, content_type, headers or {})
                 if status:
-                    return Response(status, body, "text/html; charset=utf-8")
+                    return Response(status, body, "text/plain; charset=utf-8")
         return Response(503, b"no worker is serving yet\n", "text/plain; charset=utf-8")
 
 

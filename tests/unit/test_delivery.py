@@ -169,3 +169,31 @@ def test_a_failed_batch_is_sent_again_from_its_first_offset_and_readyz_fails_mea
     assert not ready and "paused: output delivery unavailable" in problems
     assert failed_scorer.metrics.kafka_errors.labels("delivery")._value.get() == 1
     failed_scorer.emitter.wait_delivered(keep_membership=False)  # type: ignore[union-attr]
+
+
+def test_rows_the_model_answers_with_nan_get_no_output_and_are_counted() -> None:
+    """orjson writes NaN as null: such a row would be a schema-invalid output without an alert."""
+    import numpy as np
+
+    from consumer import silence
+    from state.encoding import RawWindows
+
+    scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1"))
+    scorer.runner = type("Runner", (), {"version": "v1"})()  # type: ignore[assignment]
+    n_quiet = 2
+    raw = RawWindows(**{name: np.zeros((n_quiet, 3) if name in ("ts", "codes") else n_quiet, np.int64)
+                        for name in RawWindows.__dataclass_fields__})
+    quiet = silence.Silences(np.array([5, 6]), np.array([100, 200]), np.array([10, 10]), np.array([3, 3]), raw)
+    emit = np.array([0, 2, 3])
+    proba = np.full((5, 4), 0.25, np.float32)
+    risk = np.full((5, 1), 0.5, np.float32)
+    proba[1, 2] = np.nan  # the second event
+    risk[4, 0] = np.inf  # the second silence
+    finite = np.isfinite(proba).all(axis=1) & np.isfinite(risk).all(axis=1)
+    inputs = {"tokens": np.arange(5)}
+    kept_emit, kept_quiet, kept_inputs, kept_proba, kept_risk = scorer._without_non_finite(
+        finite, emit, quiet, inputs, proba, risk)
+    assert kept_emit.tolist() == [0, 3] and kept_quiet.customer.tolist() == [5]
+    assert kept_inputs["tokens"].tolist() == [0, 2, 3]
+    assert np.isfinite(kept_proba).all() and np.isfinite(kept_risk).all() and len(kept_proba) == 3
+    assert scorer.metrics.non_finite._value.get() == 2

@@ -60,3 +60,18 @@ def test_a_snapshot_narrows_to_its_newest_activities() -> None:
     assert view.last_codes.tolist()[0] == [activity_code("A"), activity_code("B")]
     with pytest.raises(ValueError):
         snapshot().last(4)
+
+
+def test_the_csv_export_never_hands_a_spreadsheet_a_formula() -> None:
+    import csv
+    import io
+
+    from consumer.segments import to_csv
+
+    hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "plain-id"]
+    rows = [{"customer_id": cid, "last_activities": "=A|B", "predicted_next": "C", "churn_risk": -0.0,
+             "scored_at": "2024-01-01T00:00:00Z", "last_event_at": "2024-01-01T00:00:00Z", "events": 3}
+            for cid in hostile]
+    parsed = list(csv.DictReader(io.StringIO(to_csv(rows))))
+    assert [row["customer_id"] for row in parsed] == ["'" + cid for cid in hostile[:-1]] + ["plain-id"]
+    assert {row["last_activities"] for row in parsed} == {"'=A|B"}
