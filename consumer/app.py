@@ -221,7 +221,7 @@ class Scorer:
         self.metrics = metrics or Metrics()
         self.health = HealthState()
         self.stop_requested = threading.Event()
-        self.decoder = EventDecoder(settings.max_event_bytes)
+        self.decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds)
         self.registry = Registry(settings.registry)
         self.watcher = ModelWatcher(self.registry, self.metrics, settings.model)
         self.runner: ModelRunner | None = None

@@ -137,7 +137,7 @@ def rebuild_state(
         settings.state.lateness_seconds,
         settings.state.retention_days * 86_400,
     )
-    decoder = EventDecoder(settings.max_event_bytes)
+    decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds)
     consumer = Consumer(
         settings.kafka_config(
             **{

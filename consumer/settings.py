@@ -78,6 +78,13 @@ class StateSettings(BaseModel):
     window: int = Field(default=50, ge=1, le=1024, description="Raw events kept per customer.")
     retention_days: int = Field(default=400, ge=1, le=36_500)
     lateness_seconds: int = Field(default=7 * 86_400, ge=0)
+    max_future_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description="An event dated more than this after its Kafka record's timestamp (or the wall clock, "
+        "if earlier) is dead-lettered as ts_out_of_range: one device with a wrong clock must not move its "
+        "partition's event-time clock, which fires every silence up to that date.",
+    )
 
 
 class ModelSettings(BaseModel):

@@ -12,7 +12,7 @@ from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from state.encoding import AGE_GROUPS, GENDERS, activity_code
 from state.errors import InvalidEvent
-from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS, decode_event
+from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS, InvalidReason, decode_event
 from state.store import EventBatch, event_tag
 
 
@@ -54,8 +54,9 @@ class Decoded:
 class EventDecoder:
     """Decodes records into arrays; activity codes are cached by name (names repeat)."""
 
-    def __init__(self, max_event_bytes: int) -> None:
+    def __init__(self, max_event_bytes: int, max_future_seconds: int | None = None) -> None:
         self.max_event_bytes = max_event_bytes
+        self.max_future_seconds = max_future_seconds
         self._codes: dict[str, int] = {}
 
     def _code(self, name: str) -> int:
@@ -66,10 +67,23 @@ class EventDecoder:
             code = self._codes[name] = activity_code(name)
         return code
 
+    def _not_far_ahead(self, ts: int, record_ms: int, now: int) -> None:
+        """The reference is the record's own timestamp, so that a replay decides the same; the
+        wall clock caps it (a producer's clock may be wrong too)."""
+        assert self.max_future_seconds is not None
+        reference = min(record_ms // 1000, now) if record_ms > 0 else now
+        if ts > reference + self.max_future_seconds:
+            raise InvalidEvent(
+                InvalidReason.TS_OUT_OF_RANGE.value,
+                f"ts is {ts - reference} s after the record's time (SEQSCORE_STATE__MAX_FUTURE_SECONDS "
+                f"{self.max_future_seconds})",
+            )
+
     def decode(self, messages: list[Message]) -> Decoded:
         customers, event_ids, partition, offset, ts, coarse, fine, tag, kafka_ts = [], [], [], [], [], [], [], [], []
         invalid: list[tuple[Message, str, str]] = []
         errors: list[KafkaError] = []
+        now = int(time.time())
         for msg in messages:
             error = msg.error()
             if error is not None:
@@ -77,6 +91,8 @@ class EventDecoder:
                 continue
             try:
                 event = decode_event(msg.value(), self.max_event_bytes)
+                if self.max_future_seconds is not None:
+                    self._not_far_ahead(event.ts_seconds, msg.timestamp()[1], now)
             except InvalidEvent as exc:
                 invalid.append((msg, exc.reason, exc.detail))
                 continue

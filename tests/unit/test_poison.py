@@ -265,3 +265,29 @@ def test_each_hostile_kind_gets_its_reason(kind: str) -> None:
 
 def test_the_hostile_table_covers_every_reason() -> None:
     assert {reason for _, reason in HOSTILE.values()} == REASONS
+
+
+# -- event time far ahead of the record (a device with a wrong clock) --------------------------
+
+def _at(ts: datetime, record_ms: int) -> Message:
+    value = orjson.dumps(orjson.loads(TEMPLATE) | {"ts": ts.strftime("%Y-%m-%dT%H:%M:%SZ")})
+    return Message(topic="activity-events", partition=0, offset=1, key=b"k", value=value, timestamp=(1, record_ms))
+
+
+@pytest.mark.parametrize(("ahead", "valid"), [(timedelta(days=5 * 365), False), (timedelta(hours=25), False),
+                                              (timedelta(hours=23), True), (timedelta(days=-400), True)])
+def test_an_event_dated_far_after_its_record_is_dead_lettered_and_never_moves_the_clock(
+    ahead: timedelta, valid: bool
+) -> None:
+    record = datetime(2024, 5, 1, 12, tzinfo=UTC)
+    decoded = EventDecoder(DEFAULT_MAX_EVENT_BYTES, 86_400).decode([_at(record + ahead, int(record.timestamp() * 1000))])
+    assert len(decoded.events) == int(valid)
+    if not valid:
+        _, reason, detail = decoded.invalid[0]
+        assert reason == InvalidReason.TS_OUT_OF_RANGE.value and "SEQSCORE_STATE__MAX_FUTURE_SECONDS" in detail
+
+
+def test_the_wall_clock_caps_a_record_timestamp_that_is_itself_ahead() -> None:
+    future = datetime.now(UTC) + timedelta(days=3 * 365)
+    decoded = EventDecoder(DEFAULT_MAX_EVENT_BYTES, 86_400).decode([_at(future, int(future.timestamp() * 1000))])
+    assert [reason for _, reason, _ in decoded.invalid] == [InvalidReason.TS_OUT_OF_RANGE.value]
