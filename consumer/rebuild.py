@@ -26,6 +26,7 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer import silence
 from consumer.settings import Settings
 from consumer.source import EventDecoder
 from state.encoding import FeatureSpec
@@ -72,6 +73,16 @@ def state_capacity(settings: Settings) -> int:
         return settings.state.window
     spec = FeatureSpec.from_dict(registry.manifest(current)["features"])
     return max(settings.state.window, spec.window)
+
+
+def silence_marks(settings: Settings) -> tuple[int, ...]:
+    """The marks `seqscore serve` tracks silences at, from the CURRENT model's churn horizon:
+    the rebuilt quiet sets are the ones the scorers would have kept."""
+    registry = Registry(settings.registry)
+    current = registry.current()
+    if not settings.silence.enabled or current is None:
+        return ()
+    return silence.marks_for(settings.silence.marks_days, float(registry.manifest(current)["churn"]["horizon_days"]))
 
 
 def _ranges(consumer: Consumer, topic: str, since_s: int | None, bootstrap: str) -> dict[int, tuple[int, int]]:
@@ -136,6 +147,7 @@ def rebuild_state(
         report.capacity,
         settings.state.lateness_seconds,
         settings.state.retention_days * 86_400,
+        silence_marks(settings),
     )
     decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds)
     consumer = Consumer(

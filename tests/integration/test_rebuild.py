@@ -38,6 +38,14 @@ def windows_of(client: redis.Redis, prefix: str) -> dict[str, bytes]:
     return windows
 
 
+def silence_tracking(client: redis.Redis, prefix: str) -> tuple[dict[str, dict[bytes, float]], dict[bytes, bytes]]:
+    """Every partition's quiet set (customer -> last event time) and the partitions' clocks."""
+    quiet = {}
+    for key in client.scan_iter(f"{prefix}:quiet:*", count=1000):
+        quiet[key.decode().rsplit(":", 1)[1]] = dict(client.zrange(key, 0, -1, withscores=True))
+    return quiet, client.hgetall(f"{prefix}:clock")
+
+
 def send(bootstrap: str, topic: str, values: list[bytes]) -> None:
     producer = Producer({"bootstrap.servers": bootstrap})
     for value in values:
@@ -68,11 +76,14 @@ def test_rebuild_restores_wiped_windows_and_scoring_goes_on_as_before(
     env = scorer.env
     before = windows_of(client, prefix)
     assert len(before) >= 40
+    quiet_before, clocks_before = silence_tracking(client, prefix)
+    assert sum(len(members) for members in quiet_before.values()) >= 10, "customers to score when silent"
 
     copy = f"{prefix}copy"  # the unwiped state, to score the new events on later
     for key, value in before.items():
         client.set(copy + key.removeprefix(prefix), value)
     assert client.delete(*before) == len(before)  # only this test's prefix
+    client.delete(*[f"{prefix}:quiet:{p}" for p in quiet_before], f"{prefix}:clock", f"{prefix}:version")
 
     rebuild = subprocess.run([sys.executable, "-m", "consumer.cli", "state", "rebuild", "--from-topic", topic,
                               "--batch", "50"], env=env, capture_output=True, text=True, timeout=120)
@@ -84,6 +95,8 @@ def test_rebuild_restores_wiped_windows_and_scoring_goes_on_as_before(
 
     after = windows_of(client, prefix)
     assert set(after) == set(before)
+    # the customers silent now are tracked again, or no silence of theirs would ever be scored
+    assert silence_tracking(client, prefix) == (quiet_before, clocks_before)
     alerted = 0
     for key, value in before.items():
         rebuilt = after[key]
