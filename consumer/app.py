@@ -652,6 +652,11 @@ class Scorer:
         timers["state"].observe(time.perf_counter() - t)
         if pending is not None and self._pending is pending:
             self._offsets_stored_after(pending[1])
+        moved = int(applied.moved.sum())
+        if moved:
+            self.metrics.partition_changes.inc(moved)
+            log.warning("%d events of customers whose previous event came from another partition: key the "
+                        "events topic by customer_id (murmur2, as Java clients do)", moved)
         counts = np.bincount(applied.status, minlength=len(STATUS_NAMES))
         for status, name in enumerate(STATUS_NAMES):
             if counts[status]:

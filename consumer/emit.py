@@ -33,6 +33,7 @@ RECORD_OVERHEAD_BYTES = 512
 # a key longer than this is itself hostile: the dead letter keeps its first bytes
 MAX_DEAD_LETTER_KEY_BYTES = 4096
 PRODUCER_MAX_MESSAGE_BYTES = 1_000_000  # librdkafka's message.max.bytes default
+JAVA_PARTITIONER = "murmur2_random"  # the Java client's: murmur2 of the key, spread when there is none
 
 
 class DeliveryFailed(KafkaUnavailable):
@@ -236,6 +237,9 @@ class Emitter:
                 # one callback for the producer rather than one passed with every record
                 "delivery.report.only.error": True,
                 "on_delivery": self._delivered,
+                # a key lands where a Java client puts it (librdkafka's default is CRC32): a
+                # replayed event or an erasure tombstone goes to its customer's partition
+                "partitioner": JAVA_PARTITIONER,
                 **config,
                 **transactional,
             }

@@ -18,6 +18,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
+from consumer.emit import JAVA_PARTITIONER
 from state.errors import KafkaUnavailable
 from training.simulate import CHANNELS, SimulatedHistory
 
@@ -164,7 +165,8 @@ def send(
 ) -> tuple[int, float]:
     """Produce (key, value) records at `rate` per second (0: as fast as possible), stopping
     early after `deadline_s`; flush, raise if any was not delivered. Returns (sent, seconds)."""
-    producer = Producer({"linger.ms": LINGER_MS, "compression.type": "lz4", "acks": "all", **producer_config})
+    producer = Producer({"linger.ms": LINGER_MS, "compression.type": "lz4", "acks": "all",
+                         "partitioner": JAVA_PARTITIONER, **producer_config})
     errors: list[str] = []
 
     def on_delivery(err: object, _msg: object) -> None:

@@ -45,6 +45,12 @@ class Metrics:
         self.silence_scored = Counter(
             "seqscore_silence_scored_total", "Silent customers scored as their silence crossed a mark.", registry=r
         )
+        self.partition_changes = Counter(
+            "seqscore_customer_partition_changes_total",
+            "Events whose customer's previous event came from another partition (keyed by something "
+            "else than customer_id, or partitions added): two members may overwrite each other's state.",
+            registry=r,
+        )
         self.non_finite = Counter(
             "seqscore_non_finite_outputs_total",
             "Rows the model answered with NaN or infinity: they get no output.",

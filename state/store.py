@@ -65,6 +65,7 @@ STORED_HEADER_DTYPE = np.dtype(  # as the window value starts
 )
 RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
 EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
+MOVED_FLAG = 256  # in an event's status word: see apply_batch.lua
 STORED_HEADER_BYTES = STORED_HEADER_DTYPE.itemsize
 EVENT_ARG_DTYPE = np.dtype(
     [("customer", "<u4"), ("partition", "<u4"), ("offset", "<f8"), ("ts", "<u4"), ("coarse", "<u4"),
@@ -126,6 +127,9 @@ class AppliedBatch:
     position: NDArray[np.int64]  # per event, 1-based record index (0 = trimmed away)
     due: NDArray[np.void]  # DUE_DTYPE, customer 0-based: silences that crossed a mark
     clocks: NDArray[np.void]  # CLOCK_DTYPE: each partition's clock move
+    # per event: its customer's previous event came from another partition (a producer that
+    # keys by something else, partitions added): members may then overwrite each other's state
+    moved: NDArray[np.bool_]
 
     def windows(
         self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
@@ -388,7 +392,8 @@ class StateStore:
             record_start=record_start.astype(np.int64),
             gender=np.where(profiles[:, 0] == 255, -1, profiles[:, 0]),
             age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
-            status=events["status"].astype(np.int64),
+            status=(events["status"] & ~np.uint16(MOVED_FLAG)).astype(np.int64),
+            moved=(events["status"] & MOVED_FLAG) > 0,
             position=events["position"].astype(np.int64),
             due=due,
             clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),

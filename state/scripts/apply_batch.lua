@@ -66,6 +66,7 @@
 local HDR, REC = 44, 16
 local TAG_SCAN = 32
 local MAX_DUE = 20000
+local MOVED_FLAG = 256  -- added to an event's status: its customer's last event was on another partition
 local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
 local n_updates = tonumber(ARGV[6])
@@ -224,12 +225,14 @@ local function find_tag(recs, tag, limit)
   end
 end
 
-local status, tags, times, position = {}, {}, {}, {}
+local status, tags, times, position, moved = {}, {}, {}, {}, {}
 local applied_of = {}  -- per customer: the events applied in this batch, to shift on a late insert
 for e = 1, n do
   local ci, part, off, ts, coarse, fine, tag = struct.unpack('<IIdIIII', EVENTS, (e - 1) * EV + 1)
   local s = state[ci]
   tags[e], times[e] = tag, ts
+  -- the customer's previous event came from another partition: two members may write it
+  moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
   if s.count > 0 and part == s.partition and off <= s.offset then
     status[e] = 1
   elseif find_tag(s.recs, tag, TAG_SCAN) > 0 then
@@ -402,7 +405,7 @@ for e = 1, n do
   elseif not pos then  -- replay or duplicate: where the earlier copy sits, if still kept
     pos = find_tag(s.recs, tags[e], #s.recs / REC)
   end
-  positions[e] = struct.pack('<HH', status[e], pos)
+  positions[e] = struct.pack('<HH', status[e] + moved[e], pos)
 end
 
 local clock_out = {}

@@ -89,6 +89,16 @@ def test_replayed_offsets_are_not_appended_twice(store: StateStore) -> None:
     assert window_ts(again, events) == window_ts(first, events)
 
 
+def test_a_customer_whose_events_come_from_two_partitions_is_flagged(store: StateStore) -> None:
+    first = store.apply(batch([("c1", 0, 100, "A", "e1"), ("c2", 1, 100, "A", "e2")], partition=0))
+    assert not first.moved.any()
+    again = store.apply(batch([("c1", 0, 200, "B", "e3"), ("c2", 1, 200, "B", "e4")], partition=3))
+    assert again.moved.tolist() == [True, True]
+    assert again.status.tolist() == [APPLIED, APPLIED], "still applied: flagged, not refused"
+    back = store.apply(batch([("c1", 1, 300, "C", "e5")], partition=3))
+    assert back.moved.tolist() == [False]
+
+
 def test_repeated_event_id_is_ignored(store: StateStore) -> None:
     store.apply(batch([("a", 0, T0, "A", "e0")]))
     result = store.apply(batch([("a", 1, T0, "A", "e0"), ("a", 2, T0 + DAY, "B", "e1")]))
