@@ -441,7 +441,8 @@ class Scorer:
         # the group, and /readyz says "no model loaded" meanwhile
         page_client = redis.Redis.from_url(s.redis_url, socket_timeout=30)
         page = SegmentsPage(page_client, s.state.key_prefix, self._page_context)
-        self.http = serve_http(s.metrics_host, s.metrics_port, self.metrics.registry, self.health, page.routes())
+        self.http = serve_http(s.metrics_host, s.metrics_port, self.metrics.registry, self.health, page.routes(),
+                               s.segments_token)
         log.info("serving /metrics /healthz /readyz /segments on %s:%d", s.metrics_host, s.metrics_port)
         try:
             self._open()

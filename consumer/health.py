@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from consumer.http_server import REQUEST_TIMEOUT_S, GuardedHTTPServer
 from state.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -88,21 +92,53 @@ def json_response(status: int, body: object) -> Response:
     return Response(status, json.dumps(body).encode(), "application/json")
 
 
+# pages that scan Redis: they may take seconds, so they run on few threads, and the token
+# (SEQSCORE_SEGMENTS_TOKEN) guards them, since they list every customer
+SEGMENT_PAGES = ("/segments", "/segments.csv")
+
+
 def serve_http(
     host: str,
     port: int,
     registry: CollectorRegistry,
     health: HealthState,
     routes: dict[str, Route] | None = None,
-) -> ThreadingHTTPServer:
+    token: str | None = None,
+) -> GuardedHTTPServer:
     """Start the HTTP server of one scoring loop in a daemon thread; returns it (call shutdown() to stop)."""
-    return serve_routes(host, port, scorer_routes(registry, health) | dict(routes or {}))
+    return serve_routes(host, port, scorer_routes(registry, health) | dict(routes or {}), SEGMENT_PAGES, token)
 
 
-def serve_routes(host: str, port: int, routes: dict[str, Route]) -> ThreadingHTTPServer:
-    """Serve GET `routes` (path -> page) in a daemon thread; returns the server."""
+def authorized(header: str | None, token: str) -> bool:
+    """`Authorization: Bearer TOKEN`, or Basic with TOKEN as the password (what a browser sends
+    once it asked: the page's CSV link then works too)."""
+    scheme, _, value = (header or "").partition(" ")
+    if scheme.lower() == "bearer":
+        given = value.strip()
+    elif scheme.lower() == "basic":
+        try:
+            given = base64.b64decode(value.strip(), validate=True).decode("utf-8").partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    else:
+        return False
+    return hmac.compare_digest(given.encode(), token.encode())
+
+
+def serve_routes(
+    host: str,
+    port: int,
+    routes: dict[str, Route],
+    protected: tuple[str, ...] = (),
+    token: str | None = None,
+    slow: tuple[str, ...] = SEGMENT_PAGES,
+) -> GuardedHTTPServer:
+    """Serve GET `routes` (path -> page) in a daemon thread; returns the server. With a `token`,
+    the `protected` paths answer 401 without it; `slow` paths run on a few threads at most."""
 
     class Handler(BaseHTTPRequestHandler):
+        timeout = REQUEST_TIMEOUT_S
+
         def log_message(self, format: str, *args: object) -> None:
             return
 
@@ -121,17 +157,32 @@ def serve_routes(host: str, port: int, routes: dict[str, Route]) -> ThreadingHTT
             if page is None:
                 self._send(404, b"not found\n", "text/plain")
                 return
-            try:
-                response = page(query)
-            except Exception as exc:  # a page must never take the HTTP thread (and the probes) down
-                log.exception("%s failed", path)
-                response = Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
+            if token and path in protected and not authorized(self.headers.get("Authorization"), token):
+                self._send(401, b"a token is required (SEQSCORE_SEGMENTS_TOKEN)\n", "text/plain",
+                           {"WWW-Authenticate": 'Basic realm="seqscore segments", charset="UTF-8"'})
+                return
+            if path in slow:
+                if not server.slow_pages.acquire(blocking=False):
+                    self._send(503, b"busy: try again in a few seconds\n", "text/plain", {"Retry-After": "5"})
+                    return
+                try:
+                    response = self._page(page, path, query)
+                finally:
+                    server.slow_pages.release()
+            else:
+                response = self._page(page, path, query)
             self._send(response.status, response.body, response.content_type, response.headers)
 
+        def _page(self, page: Route, path: str, query: str) -> Response:
+            try:
+                return page(query)
+            except Exception as exc:  # a page must never take the HTTP thread (and the probes) down
+                log.exception("%s failed", path)
+                return Response(500, f"{type(exc).__name__}: {exc}\n".encode(), "text/plain; charset=utf-8")
+
     try:
-        server = ThreadingHTTPServer((host, port), Handler)
+        server = GuardedHTTPServer((host, port), Handler)
     except OSError as exc:  # another process has the port, or the host is not this machine's
         raise ConfigError(f"SEQSCORE_METRICS_PORT: cannot listen on {host}:{port}: {exc.strerror}") from None
-    server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="seqscore-http", daemon=True).start()
     return server

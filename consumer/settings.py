@@ -167,6 +167,13 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(default=9464, ge=0, le=65_535)
     metrics_host: str = "127.0.0.1"
+    segments_token: str | None = Field(
+        default=None,
+        min_length=16,
+        description="When set, /segments and /segments.csv (every customer's risk and last activities) "
+        "answer only requests with `Authorization: Bearer TOKEN` or Basic auth with TOKEN as the password. "
+        "Set it whenever SEQSCORE_METRICS_HOST is not 127.0.0.1.",
+    )
     max_event_bytes: int = Field(default=DEFAULT_MAX_EVENT_BYTES, ge=256, le=1_048_576)
     kafka: dict[str, str] = Field(default_factory=dict, description="librdkafka passthrough options.")
     topics: TopicSettings = Field(default_factory=TopicSettings)
@@ -191,6 +198,11 @@ class Settings(BaseSettings):
                 "is not a valid Redis URL (percent-encode '/', '?', '#' and '@' in the user and password)"
             ) from None
         return value
+
+    @field_validator("segments_token", mode="before")
+    @classmethod
+    def _empty_token_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value  # compose passes an unset variable as ""
 
     @field_validator("kafka", mode="before")
     @classmethod
@@ -250,6 +262,9 @@ class Settings(BaseSettings):
         """The settings as plain data with every secret replaced by '***'."""
         data = self.model_dump(mode="json")
         data["redis_url"] = mask_url(data["redis_url"])
+        for name, value in data.items():
+            if is_secret_name(name) and value is not None:
+                data[name] = MASK
         data["kafka"] = {k: (MASK if is_secret_name(k) else v) for k, v in data["kafka"].items()}
         return data
 
@@ -257,6 +272,7 @@ class Settings(BaseSettings):
         """Every secret these settings hold (librdkafka secrets, the Redis URL's password and
         secret query parameters), raw and URL-decoded, for scrubbing messages."""
         found = [v for k, v in self.kafka.items() if is_secret_name(k)]
+        found += [self.segments_token] if self.segments_token else []
         found += [m.group(0)[len(m.group(1)) : -1] for m in _URL_PASSWORD.finditer(self.redis_url)]
         found += [m.group(0)[len(m.group(1)) :] for m in _QUERY_SECRET.finditer(self.redis_url)]
         found += [unquote(v) for v in found]
@@ -273,7 +289,8 @@ class Settings(BaseSettings):
         # repr() (logs, tracebacks, pytest's assertion output) never shows a secret
         masked = self.masked()
         for name, value in super().__repr_args__():
-            yield name, (masked[name] if name in ("redis_url", "kafka") else value)
+            hidden = name is not None and (name in ("redis_url", "kafka") or is_secret_name(name))
+            yield name, (masked[name] if hidden and name is not None else value)
 
 
 def _setting_name(loc: tuple[Any, ...]) -> str:

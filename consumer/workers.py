@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from consumer.harness import free_port, http_get
-from consumer.health import Response, json_response, serve_routes
+from consumer.health import SEGMENT_PAGES, Response, json_response, serve_routes
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,9 +89,9 @@ class Worker:
     restarts: int = 0
     restart_at: float | None = None  # while it waits for its back-off to restart it
 
-    def get(self, path: str) -> tuple[int, bytes]:
+    def get(self, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
         """(status, body) of its endpoint; (0, b"") when it does not answer."""
-        return http_get(f"http://127.0.0.1:{self.port}{path}", WORKER_HTTP_TIMEOUT_S)
+        return http_get(f"http://127.0.0.1:{self.port}{path}", WORKER_HTTP_TIMEOUT_S, headers)
 
     @property
     def running(self) -> bool:
@@ -125,7 +125,7 @@ class WorkerPool:
 
     def run(self) -> int:
         s = self.settings
-        server = serve_routes(s.metrics_host, s.metrics_port, self.routes())
+        server = serve_routes(s.metrics_host, s.metrics_port, self.routes(), SEGMENT_PAGES, s.segments_token)
         log.info("%d workers; serving /metrics /healthz /readyz /segments on %s:%d",
                  len(self.workers), s.metrics_host, s.metrics_port)
         try:
@@ -228,9 +228,11 @@ class WorkerPool:
     def _from_a_worker(self, path: str, query: str, content_type: str,
                        headers: dict[str, str] | None = None) -> Response:
         """Every worker reads the same Redis: the first one serving answers for the instance."""
+        token = self.settings.segments_token  # checked here already; the worker checks it too
+        auth = {"Authorization": f"Bearer {token}"} if token else None
         for worker in self.workers:
             if worker.running and worker.served:
-                status, body = worker.get(f"{path}?{query}" if query else path)
+                status, body = worker.get(f"{path}?{query}" if query else path, auth)
                 if status == 200:
                     return Response(status, body, content_type, headers or {})
                 if status:

@@ -91,7 +91,7 @@ def test_grafana_s_dashboard_schema_knows_every_field() -> None:
 K8S_KINDS = {
     "Namespace": "V1Namespace", "ConfigMap": "V1ConfigMap", "Secret": "V1Secret",
     "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Deployment": "V1Deployment", "Service": "V1Service",
-    "PodDisruptionBudget": "V1PodDisruptionBudget", "CronJob": "V1CronJob",
+    "PodDisruptionBudget": "V1PodDisruptionBudget", "CronJob": "V1CronJob", "NetworkPolicy": "V1NetworkPolicy",
 }
 
 

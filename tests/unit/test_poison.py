@@ -280,7 +280,8 @@ def test_an_event_dated_far_after_its_record_is_dead_lettered_and_never_moves_th
     ahead: timedelta, valid: bool
 ) -> None:
     record = datetime(2024, 5, 1, 12, tzinfo=UTC)
-    decoded = EventDecoder(DEFAULT_MAX_EVENT_BYTES, 86_400).decode([_at(record + ahead, int(record.timestamp() * 1000))])
+    message = _at(record + ahead, int(record.timestamp() * 1000))
+    decoded = EventDecoder(DEFAULT_MAX_EVENT_BYTES, 86_400).decode([message])
     assert len(decoded.events) == int(valid)
     if not valid:
         _, reason, detail = decoded.invalid[0]

@@ -96,6 +96,14 @@ def test_a_malformed_redis_url_is_one_line_without_any_part_of_the_password(url:
     assert "hunter2" not in result.stderr and "Traceback" not in result.stderr, result.stderr
 
 
+def test_the_segments_token_is_masked_and_a_short_one_refused_without_echo() -> None:
+    shown = cli("config", env={"SEQSCORE_SEGMENTS_TOKEN": "tok-0123456789-abcdef"})
+    assert shown.returncode == 0, shown.stderr
+    assert "tok-0123456789" not in shown.stdout and json.loads(shown.stdout)["segments_token"] == "***"
+    short = cli("config", env={"SEQSCORE_SEGMENTS_TOKEN": "tok-short"})
+    assert short.returncode == 2 and "SEQSCORE_SEGMENTS_TOKEN" in short.stderr and "tok-short" not in short.stderr
+
+
 @pytest.fixture
 def refusing_redis() -> Iterator[int]:
     """A TCP stub that answers every command as Redis does a wrong password (WRONGPASS); the
