@@ -21,6 +21,7 @@ slots, so it needs a single Redis (or one call per Cluster node, grouping custom
 
 from __future__ import annotations
 
+import bisect
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -148,6 +149,13 @@ class AppliedBatch:
         starts = self.record_start[ci]
         ends = starts + position - 1
         idx, real = window_index(np.where(self.status == TOO_LATE, ends + 1, ends), starts, window)
+        total = self.headers["count"].astype(np.int64)[ci]
+        count = np.where(
+            self.status == TOO_LATE, total - n_records + self.position + 1, total - (n_records - self.position)
+        )
+        first_ts = self.headers["first_ts"].astype(np.int64)[ci]
+        for customer in np.unique(ci[self.status == LATE_INSERTED]):
+            self._as_applied(int(customer), batch, window, idx, real, count, first_ts)
         ts = np.where(real, ts_all[np.minimum(idx, len(ts_all) - 1)] if len(ts_all) else 0, 0)
         codes = np.where(real, code_all[np.minimum(idx, len(code_all) - 1)] if len(code_all) else 0, 0)
         late = np.flatnonzero(self.status == TOO_LATE)
@@ -155,20 +163,59 @@ class AppliedBatch:
             own_codes = batch.coarse if level == "coarse" else batch.fine
             ts[late, -1] = batch.ts[late]
             codes[late, -1] = own_codes[late]
-        total = self.headers["count"].astype(np.int64)[ci]
-        count = np.where(
-            self.status == TOO_LATE, total - n_records + self.position + 1, total - (n_records - self.position)
-        )
         raw = RawWindows(
             ts=ts.astype(np.int64),
             codes=codes.astype(np.uint32),
             count=np.maximum(count, 1),
-            first_ts=np.minimum(self.headers["first_ts"].astype(np.int64)[ci], ts[:, -1]),
+            first_ts=np.minimum(first_ts, ts[:, -1]),
             score_ts=batch.ts.copy() if score_ts is None else score_ts,
             gender=self.gender[ci],
             age_group=self.age_group[ci],
         )
         return raw, has_window
+
+
+    def _as_applied(
+        self,
+        customer: int,
+        batch: EventBatch,
+        window: int,
+        idx: NDArray[np.int64],
+        real: NDArray[np.bool_],
+        count: NDArray[np.int64],
+        first_ts: NDArray[np.int64],
+    ) -> None:
+        """A late event inserted into `customer`'s records shifted the records of events applied
+        before it in this batch. Give each applied event the window, count and first time it
+        had when it was applied (stream order), as if the batch had been cut before each late
+        event: then a replay scores exactly what the first pass did, whatever the batch cut.
+        Rare (a late event after an earlier one of its customer in the same batch), so a loop."""
+        events = np.flatnonzero((self.customer_index == customer) & np.isin(self.status, (APPLIED, LATE_INSERTED)))
+        start = int(self.record_start[customer])
+        inserted = (self.position[events] - 1).tolist()  # indexes into the customer's final records
+        n_records = int(self.headers["n_records"][customer])
+        in_batch = set(inserted)
+        current = [r for r in range(n_records) if r not in in_batch]  # the records before the batch
+        record_ts = self.records["ts"][start : start + n_records].astype(np.int64)
+        header_first = int(self.headers["first_ts"][customer])
+        batch_first = int(batch.ts[events].min())
+        if header_first < batch_first:
+            first = header_first
+        else:  # every earlier event is among the records kept (a late event is newer than any trimmed one)
+            first = int(record_ts[current].min()) if current else np.iinfo(np.int64).max
+        seen = int(self.headers["count"][customer]) - len(events)
+        for event, record in zip(events.tolist(), inserted, strict=True):
+            at = bisect.bisect_left(current, record)
+            current.insert(at, record)
+            kept = current[max(0, at + 1 - window) : at + 1]
+            idx[event] = 0
+            real[event] = False
+            idx[event, window - len(kept) :] = start + np.asarray(kept, dtype=np.int64)
+            real[event, window - len(kept) :] = True
+            seen += 1
+            count[event] = seen
+            first = min(first, int(batch.ts[event]))
+            first_ts[event] = first
 
 
 @dataclass

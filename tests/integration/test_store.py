@@ -194,11 +194,42 @@ def test_many_events_of_one_customer_in_one_batch_all_get_windows(store: StateSt
     raw, ok = result.windows(batch(rows), 4, "coarse")
     assert ok.all()
     assert (np.diff(raw.ts[:, -2:], axis=1) >= 0).all()
-    # the late event sits after e10 and before e11; e11's window now includes it
+    # the late event sits after e10 and before e11 in the stored window; e11 was applied
+    # before it arrived, so e11's window is the one it had then, whatever the batch cut
     late = 40
     assert raw.ts[late, -1] == T0 + 630 and raw.ts[late, -2] == T0 + 600
-    assert raw.ts[11, -2] == T0 + 630 and raw.ts[11, -1] == T0 + 660
+    assert raw.ts[11, -2] == T0 + 600 and raw.ts[11, -1] == T0 + 660
     assert result.status[late] == LATE_INSERTED
+
+
+@pytest.mark.parametrize("first_ever", [False, True])
+def test_a_late_event_gives_the_same_windows_whatever_the_batch_cut(
+    stack: dict[str, str], unique: str, first_ever: bool
+) -> None:
+    """Stream order e1 (t=100), e2 (t=50, late within the bound): scored in two batches, or
+    replayed in one after a crash, e1 and e2 get the same windows, counts and tenure."""
+    client = redis.Redis.from_url(stack["redis"])
+    earlier = [] if first_ever else [("x", 0, T0, "A", "e0")]
+    stream = [("x", 1, T0 + 100 * 60, "B", "e1"), ("x", 2, T0 + 50 * 60, "C", "e2"), ("x", 3, T0 + 200 * 60, "D", "e3")]
+    windows = {}
+    for cut in ([1, 2, 3], [3]):  # batches ending after these stream positions
+        store = StateStore(client, f"t{unique}{len(cut)}{first_ever}", capacity=6, lateness_seconds=2 * DAY,
+                           ttl_seconds=3600)
+        if earlier:
+            store.apply(batch(earlier))
+        got = {}
+        begin = 0
+        for end in cut:
+            part = batch(stream[begin:end])
+            raw, ok = store.apply(part).windows(part, 4, "coarse")
+            assert ok.all()
+            for i, row in enumerate(stream[begin:end]):
+                got[row[4]] = (raw.ts[i].tolist(), raw.codes[i].tolist(), int(raw.count[i]), int(raw.first_ts[i]))
+            begin = end
+        windows[len(cut)] = got
+        for key in client.scan_iter(f"t{unique}{len(cut)}{first_ever}*"):
+            client.delete(key)
+    assert windows[1] == windows[3]
 
 
 def test_preview_stores_nothing_until_written_and_then_equals_apply(store: StateStore, unique: str) -> None:
