@@ -19,9 +19,12 @@ import numpy as np
 from numpy.typing import NDArray
 
 from state.encoding import DAY, RawWindows, window_index
-from state.store import APPLIED, REPLAY, AppliedBatch, EventBatch
+from state.store import APPLIED, LATE_INSERTED, TOO_LATE, AppliedBatch, EventBatch
 
 DEFAULT_MARKS_DAYS = (7, 14, 30, 60, 90, 120, 180)  # the silences training samples (training/labels.py)
+# statuses of an event that is the customer acting again (not a replay of a stored event, not
+# a repeated record): it ends a silence
+RETURNS = (APPLIED, LATE_INSERTED, TOO_LATE)
 
 
 def marks_for(configured_days: list[int] | None, horizon_days: float) -> tuple[int, ...]:
@@ -78,8 +81,9 @@ def _stored_due(applied: AppliedBatch, batch: EventBatch, window: int, level: st
         reached = np.maximum.accumulate(np.maximum(batch.ts[on_partition], c0.get(partition, 0)))
         at = np.searchsorted(reached, as_of[rows], side="left")
         before[rows] = np.where(at < len(on_partition), on_partition[np.minimum(at, len(on_partition) - 1)], n)
-        # a replayed event (stored before a crash) is not a return: a clean run never sees it here
-        returns = on_partition[applied.status[on_partition] != REPLAY]
+        # a replayed event (stored before a crash) is not a return: a clean run never sees it
+        # here; nor is a repeated record (a producer's retry): the customer did nothing new
+        returns = on_partition[np.isin(applied.status[on_partition], RETURNS)]
         first_own = np.full(len(applied.customers), n, dtype=np.int64)
         np.minimum.at(first_own, applied.customer_index[returns], returns)
         keep[rows] = first_own[customer[rows]] >= before[rows]
@@ -106,11 +110,13 @@ def _inside_batch(
     for partition in np.unique(batch.partition).tolist() if len(mark) else []:
         on = np.flatnonzero(batch.partition == partition)
         reached = np.maximum.accumulate(np.maximum(batch.ts[on], c0.get(partition, 0)))
-        customer = applied.customer_index[on]
-        by_customer = np.lexsort((np.arange(len(on)), customer))
+        # each event's customer's next return (a repeated or replayed record is none)
+        returning = np.flatnonzero(np.isin(applied.status[on], RETURNS))
+        customer = applied.customer_index[on][returning]
+        by_customer = np.lexsort((returning, customer))
         same = customer[by_customer][1:] == customer[by_customer][:-1]
         next_own = np.full(len(on), len(on), dtype=np.int64)
-        next_own[by_customer[:-1][same]] = by_customer[1:][same]
+        next_own[returning[by_customer[:-1][same]]] = returning[by_customer[1:][same]]
         starts = np.flatnonzero(applied.status[on] == APPLIED)  # in order: the customer's newest event
         as_of = batch.ts[on][starts, None] + mark[None, :]
         at = np.searchsorted(reached, as_of, side="left")

@@ -176,3 +176,29 @@ def test_a_replayed_event_is_not_a_return(store: StateStore) -> None:
     fired_after_crash = fire(store, store.preview(replay)[0], replay)
     fired_clean = fire(store, store.preview(clean)[0], clean)
     assert fired_after_crash.as_of.tolist() == fired_clean.as_of.tolist() == [T0 + 10 * DAY, T0 + 12 * DAY]
+
+
+def test_a_repeated_record_is_not_a_return(store: StateStore) -> None:
+    """A producer's retry repeats a's last event (same event_id): the customer did nothing new,
+    so the mark fires as in a stream without the repeat, whatever the batch cut. Found by the
+    SIGKILL fault test with repeated records in the stream."""
+    repeat = ("a", 1, T0)  # the same event_id as offset 0's (the tag comes from customer-offset)
+    original = events([("a", 0, T0)])
+    copy = events([repeat])
+    copy.tag[:] = original.tag
+    reach = events([("y", 2, T0 + 11 * DAY)])
+
+    def joined(*parts: EventBatch) -> EventBatch:
+        return EventBatch(sum((p.customer_ids for p in parts), []), *(
+            np.concatenate([getattr(p, f) for p in parts]) for f in ("partition", "offset", "ts", "coarse", "fine",
+                                                                     "tag")))
+
+    # one batch: the event, its repeat, then the stream reaches the mark
+    whole = joined(original, copy, reach)
+    fired_whole = fire(store, store.preview(whole)[0], whole)
+    assert fired_whole.as_of.tolist() == [T0 + 10 * DAY]
+    # the event stored first, then its repeat and the mark in one batch
+    store.apply(original)
+    rest = joined(copy, reach)
+    fired_rest = fire(store, store.preview(rest)[0], rest)
+    assert fired_rest.as_of.tolist() == [T0 + 10 * DAY]
