@@ -31,23 +31,60 @@ from training.simulate import SimulatedHistory
 Fault = Callable[[ScorerProcess, Settings], "ScorerProcess | list[ScorerProcess]"]
 
 
+# what the outside check sends too: malformed records, repeated records and events out of
+# order (late within and beyond the lateness bound), among the valid ones
+HOSTILE_STREAM = {"malformed": 0.02, "duplicates": 0.03, "out_of_order": 0.05}
+
+
 @dataclass
 class RunResult:
     predictions: dict[str, list[dict[str, object]]]
     state: dict[str, object]
+    alerts: dict[str, list[dict[str, object]]]  # churn-alerts by prediction_id
+
+
+class Streaming:
+    """Set while the producer streams: a fault can check it still lands mid-stream."""
+
+    def __init__(self) -> None:
+        self.flowing = threading.Event()
+
+
+def valid_event_ids(history: SimulatedHistory, plan: StreamPlan) -> set[str]:
+    """The event ids the plan sends at least once as a valid record."""
+    from consumer.loadgen import StreamReport, plan_records
+    from state.errors import InvalidEvent
+    from state.events import decode_event
+
+    ids = set()
+    for _key, value in plan_records(history, plan, StreamReport()):
+        try:
+            ids.add(decode_event(value).event_id)
+        except InvalidEvent:
+            continue
+    return ids
 
 
 def wait_flowing(scorer: ScorerProcess, predictions: int = 300) -> None:
     wait_for(lambda: scorer.metric("seqscore_predictions_total") > predictions, timeout=60, what="stream flowing")
 
 
-def kill_repeatedly(times: int, rng: random.Random, logs: Path, restarted: list[ScorerProcess] | None = None) -> Fault:
+def kill_repeatedly(
+    times: int,
+    rng: random.Random,
+    logs: Path,
+    restarted: list[ScorerProcess] | None = None,
+    streaming: Streaming | None = None,
+) -> Fault:
     """A fault: SIGKILL the scorer `times` times at random points, each time restarting it with
-    the same environment (so the same instance id) once the previous one is gone."""
+    the same environment (so the same instance id) once the previous one is gone. With
+    `streaming`, every kill must land while the producer is still sending."""
 
     def fault(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
         for attempt in range(times):
             time.sleep(rng.uniform(0.2, 1.5))
+            if streaming is not None:
+                assert streaming.flowing.is_set(), f"kill {attempt + 1} of {times} came after the stream ended"
             scorer.stop(signal.SIGKILL)
             scorer = ScorerProcess(scorer.env, Path(scorer.env["SEQSCORE_REGISTRY"]),
                                    logs / f"scorer-{attempt + 1}.log").start()
@@ -104,22 +141,27 @@ def assert_same_state(faulted: dict[str, object], clean: dict[str, object]) -> N
 
 def predictions_of(
     settings: Settings, expected: set[str], timeout: float = 180.0
-) -> dict[str, list[dict[str, object]]]:
-    """Every record on next-actions, once each expected event_id has at least one."""
+) -> tuple[dict[str, list[dict[str, object]]], dict[str, list[dict[str, object]]]]:
+    """Every record on next-actions (by event_id), once each expected event_id has at least
+    one, and every record on churn-alerts (by prediction_id)."""
     import orjson
 
     consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": f"check-{id(expected)}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False,
                          "isolation.level": "read_committed"})  # what downstream consumers should read
-    consumer.subscribe([settings.topics.next_actions])
+    consumer.subscribe([settings.topics.next_actions, settings.topics.churn_alerts])
     seen: dict[str, list[dict[str, object]]] = {}
+    alerts: dict[str, list[dict[str, object]]] = {}
 
     def complete() -> bool:
         for msg in consumer.consume(1000, 0.2):
             value = msg.value()
             if msg.error() is None and value:
                 record = orjson.loads(value)
-                seen.setdefault(record["event_id"], []).append(record)
+                if msg.topic() == settings.topics.churn_alerts:
+                    alerts.setdefault(record["prediction_id"], []).append(record)
+                else:
+                    seen.setdefault(record["event_id"], []).append(record)
         return expected <= set(seen)
 
     try:
@@ -128,7 +170,7 @@ def predictions_of(
             complete()
     finally:
         consumer.close()
-    return seen
+    return seen, alerts
 
 
 def scored_run(
@@ -139,40 +181,60 @@ def scored_run(
     monkeypatch: pytest.MonkeyPatch,
     fault: Fault | None = None,
     rate: float = 800.0,
+    hostile: bool = False,
+    streaming: Streaming | None = None,
 ) -> RunResult:
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
+    plan = StreamPlan(seed=5, rate=rate, **(HOSTILE_STREAM if hostile else {}))
+    flowing = (streaming or Streaming()).flowing
     scorer = ScorerProcess(env, registry, logs / "scorer-0.log").start()
     scorers = [scorer]
+
+    def send() -> None:
+        flowing.set()
+        try:
+            stream(history, settings.topics.events, settings.kafka_config(), plan, progress=False)
+        finally:
+            flowing.clear()
+
     try:
         scorer.wait_ready()
-        producer = threading.Thread(
-            target=stream,
-            args=(history, settings.topics.events, settings.kafka_config(), StreamPlan(seed=5, rate=rate)),
-            kwargs={"progress": False},
-        )
+        producer = threading.Thread(target=send)
         producer.start()
         if fault is not None:
             survivors = fault(scorer, settings)
             scorers = survivors if isinstance(survivors, list) else [survivors]
         producer.join()
-        predictions = predictions_of(settings, set(history.event_ids()))
+        predictions, alerts = predictions_of(settings, valid_event_ids(history, plan))
         for survivor in scorers:
             assert survivor.stop() == 0, survivor.log_path.read_text()[-2000:]
     finally:
         for survivor in scorers:
             if survivor.process is not None and survivor.process.poll() is None:
                 survivor.process.kill()
-    return RunResult(predictions, redis_state(settings.redis_url, settings.state.key_prefix))
+    return RunResult(predictions, redis_state(settings.redis_url, settings.state.key_prefix), alerts)
 
 
 def assert_same_outcome(clean: RunResult, faulted: RunResult, history: SimulatedHistory) -> None:
-    assert set(faulted.predictions) == set(clean.predictions) == set(history.event_ids()), "nothing lost"
+    assert set(faulted.predictions) == set(clean.predictions), "nothing lost"
+    assert set(clean.predictions) <= set(history.event_ids())
     for event_id, seen in faulted.predictions.items():
         reference = clean.predictions[event_id][0]
         for value in seen:  # a replay may repeat a prediction; every copy equals the clean one
             assert_same_prediction(value, reference, event_id)
+    # churn alerts and recoveries too: the same ones, each equal to the clean run's
+    missing, extra = set(clean.alerts) - set(faulted.alerts), set(faulted.alerts) - set(clean.alerts)
+    assert not missing and not extra, (
+        f"the same churn alerts: {len(missing)} missing, e.g. {[clean.alerts[p][0] for p in sorted(missing)[:3]]}; "
+        f"{len(extra)} extra, e.g. {[faulted.alerts[p][0] for p in sorted(extra)[:3]]}")
+    for prediction_id, copies in faulted.alerts.items():
+        want = clean.alerts[prediction_id][0]
+        for got in copies:
+            assert {k: v for k, v in got.items() if k != "churn_risk"} == \
+                {k: v for k, v in want.items() if k != "churn_risk"}, prediction_id
+            assert abs(float(got["churn_risk"]) - float(want["churn_risk"])) <= PROBABILITY_TOLERANCE  # type: ignore[arg-type]
     assert_same_state(faulted.state, clean.state)
 
 
@@ -184,11 +246,16 @@ def faulted_equals_clean(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     fault: Fault,
+    rate: float = 800.0,
+    hostile: bool = False,
+    streaming: Streaming | None = None,
 ) -> None:
-    """Stream `history` once cleanly and once with `fault`; both must end the same."""
+    """Stream `history` once cleanly and once with `fault`; both must end the same. `hostile`:
+    malformed, repeated and out-of-order records among the valid ones, in both runs."""
     for name in ("clean", "faulted"):
         (tmp_path / name).mkdir(exist_ok=True)
-    clean = scored_run(variant(test_env, unique, "c"), registry, history, tmp_path / "clean", monkeypatch)
+    clean = scored_run(variant(test_env, unique, "c"), registry, history, tmp_path / "clean", monkeypatch,
+                       hostile=hostile)
     faulted = scored_run(variant(test_env, unique, "f"), registry, history, tmp_path / "faulted", monkeypatch,
-                         fault=fault)
+                         fault=fault, rate=rate, hostile=hostile, streaming=streaming)
     assert_same_outcome(clean, faulted, history)

@@ -1,10 +1,12 @@
 """Faults injected into the real stack while a stream flows: the scorer killed with SIGKILL
-several times, Redis stopped for 10 s, the broker stopped and restarted. Each faulted run
+several times, Redis stopped for 10 s and killed with SIGKILL, the broker stopped and restarted. Each faulted run
 must end exactly like a clean run of the same stream (tests/faults/runs.py)."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from consumer.harness import ScorerProcess, wait_for
 from consumer.settings import Settings
 from tests.conftest import REPO
-from tests.faults.runs import faulted_equals_clean, kill_repeatedly, wait_flowing
+from tests.faults.runs import Streaming, faulted_equals_clean, kill_repeatedly, wait_flowing
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -30,8 +32,12 @@ def test_sigkill_at_random_points_three_times_matches_a_clean_run(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
     history = simulate(300, seed=41)
-    kill_three_times = kill_repeatedly(3, random.Random(41), tmp_path / "faulted")
-    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, kill_three_times)
+    streaming = Streaming()
+    kill_three_times = kill_repeatedly(3, random.Random(41), tmp_path / "faulted", streaming=streaming)
+    # slow enough (about 70 s) that each kill, a restart and a rejoin apart, lands mid-stream;
+    # malformed, repeated and out-of-order records among the valid ones, as the outside check sends
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, kill_three_times,
+                         rate=60.0, hostile=True, streaming=streaming)
 
 
 def test_redis_down_for_ten_seconds_pauses_and_resumes_without_loss(
@@ -76,3 +82,28 @@ def test_broker_restart_mid_stream_loses_nothing(
         return scorer
 
     faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, broker_restart)
+
+
+def test_redis_killed_with_sigkill_twice_mid_stream_loses_nothing(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """Not a graceful stop: redis-server gets SIGKILL, so only what its AOF already holds survives.
+    Redis appends a write to the AOF before it replies, and the scorer stores offsets only after
+    the reply, so even `appendfsync everysec` loses nothing here (a host crash could: see
+    docs/guarantees.md)."""
+    history = simulate(200, seed=44)
+
+    def redis_sigkills(scorer: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        run_dir = Path(os.environ.get("SEQSCORE_STACK_DIR", REPO / "deploy" / ".run"))
+        for attempt in range(2):
+            wait_flowing(scorer, predictions=300 + 900 * attempt)
+            pid = int((run_dir / "redis.pid").read_text())
+            os.kill(pid, signal.SIGKILL)
+            wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 1, timeout=30,
+                     what="paused for Redis")
+            stack("up", "redis")
+            wait_for(lambda: scorer.metric("seqscore_paused", 'reason="redis"') == 0, timeout=60, what="resumed")
+        return scorer
+
+    faulted_equals_clean(test_env, unique, tiny_registry, history, tmp_path, monkeypatch, redis_sigkills,
+                         rate=200.0)
