@@ -100,6 +100,12 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+def finite_rows(proba: NDArray[np.floating[Any]], risk: NDArray[np.floating[Any]]) -> NDArray[np.bool_]:
+    """Per row, whether every probability and the risk are finite (an empty batch included)."""
+    risk_finite = np.isfinite(risk).reshape(len(risk), -1) if len(risk) else np.zeros((0, 1), bool)
+    return np.asarray(np.isfinite(proba).all(axis=1) & risk_finite.all(axis=1))
+
+
 def has_offset(tp: TopicPartition) -> bool:
     """Whether a position or committed offset is a real offset (not librdkafka's OFFSET_INVALID)."""
     return tp.offset is not None and tp.offset >= 0
@@ -242,6 +248,7 @@ class Scorer:
         self._in_hand: list[Message] = []  # the batch being processed (not yet pending)
         self._dlq_limit = 0  # the most a dead letter may take, read from the DLQ topic at start
         self._delivery_retry_s = DELIVERY_RETRY_S[0]
+        self._lost = False  # partitions were lost (not revoked): what is pending or in hand is void
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -385,6 +392,10 @@ class Scorer:
                 self._clock_by_events.pop(p.partition, None)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # their new owner may already have moved on from the committed offsets: storing the
+        # pending batch now could put back older state, and (exactly-once) its outputs would
+        # commit a second time. The loop drops it and replays what is still ours.
+        self._lost = True
         self._assigned -= {(p.topic, p.partition) for p in partitions}
         self._forget_clocks(partitions)
         self._assignment_changed()
@@ -451,6 +462,8 @@ class Scorer:
                     self.step()
                 except DeliveryFailed as exc:
                     self._send_again_after(exc)
+                except PartitionsLost:
+                    self._replay_after_loss()
         except StopServing as exc:
             # waiting for the outage to end would hold the stop for as long as it lasts
             self._abandoned = True
@@ -494,6 +507,9 @@ class Scorer:
     def process(self, messages: list[Message]) -> BatchReport:
         assert self.emitter is not None and self.store is not None and self.runner is not None
         s, timers = self.settings, self.metrics.stage_timers
+        # a revocation served while the batch gathered (MIN_BATCH > 1) leaves records of
+        # partitions that are no longer ours: their new owner scores them
+        messages = [m for m in messages if (m.topic(), m.partition()) in self._assigned]
         self._in_hand = messages
         self.metrics.batch_size.observe(len(messages))
         report = BatchReport(records=len(messages))
@@ -514,6 +530,8 @@ class Scorer:
         # after the previous batch was committed, so that (exactly-once) its transaction holds
         # its own dead letters only
         for msg, reason, detail in decoded.invalid:
+            if (msg.topic(), msg.partition()) not in self._assigned:
+                continue  # revoked while the batch was scored: the new owner dead-letters it
             self.emitter.send(s.topics.dlq, *dead_letter(msg, reason, detail, self._dlq_limit))
             self.metrics.invalid.labels(reason).inc()
         stamped = decoded.kafka_ts[decoded.kafka_ts > 0]
@@ -534,15 +552,33 @@ class Scorer:
         self.metrics.kafka_errors.labels("delivery").inc()
         self.health.paused_reason = "output delivery"
         self.metrics.paused.labels("kafka").set(1)
+        first = self._drop_uncommitted()
+        log.error("%s: nothing of the last batches is committed; sending them again in %.1fs",
+                  failure, self._delivery_retry_s)
+        deadline = time.monotonic() + self._delivery_retry_s
+        while time.monotonic() < deadline:
+            self._keep_membership()
+            time.sleep(0.05)
+        self._delivery_retry_s = min(2 * self._delivery_retry_s, DELIVERY_RETRY_S[1])
+        self._seek_back(first)
+        self._dlq_limit = dead_letter_limit(self.settings)
+        self._resume()
+
+    def _replay_after_loss(self) -> None:
+        """Partitions were lost while a batch was pending or in hand: drop both (neither state
+        nor offsets stored; exactly-once: the transaction aborted) and score again from their
+        first offsets on the partitions that are still ours."""
+        first = self._drop_uncommitted()
+        self._seek_back(first)
+        log.warning("partitions lost: the uncommitted batches are dropped and replayed on the %d partitions still "
+                    "assigned", len({tp for tp in first if tp in self._assigned}))
+
+    def _drop_uncommitted(self) -> dict[tuple[str, int], int]:
+        """Forget the pending batch and the batch in hand, after what was sent is settled (the
+        open transaction aborted); returns each partition's first offset among them."""
+        assert self.emitter is not None
         unsent = (self._pending[1] if self._pending is not None else []) + self._in_hand
-        self._pending, self._in_hand = None, []
-        first: dict[tuple[str, int], int] = {}
-        for msg in unsent:
-            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
-            if topic is not None and partition is not None and offset is not None and offset >= 0:
-                first[topic, partition] = min(offset, first.get((topic, partition), offset))
-        log.error("%s: nothing of the last %d records is committed; sending them again in %.1fs",
-                  failure, len(unsent), self._delivery_retry_s)
+        self._pending, self._in_hand, self._lost = None, [], False
         if not self.emitter.recover():
             log.warning("the producer cannot go on after a fatal error: starting a new one")
             self.emitter = Emitter(
@@ -550,16 +586,26 @@ class Scorer:
                 on_wait=self._keep_membership,
                 transactional_id=self.settings.transactional_id() if self.settings.exactly_once else None,
             )
-        deadline = time.monotonic() + self._delivery_retry_s
-        while time.monotonic() < deadline:
-            self._keep_membership()
-            time.sleep(0.05)
-        self._delivery_retry_s = min(2 * self._delivery_retry_s, DELIVERY_RETRY_S[1])
+        first: dict[tuple[str, int], int] = {}
+        for msg in unsent:
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            if topic is not None and partition is not None and offset is not None and offset >= 0:
+                first[topic, partition] = min(offset, first.get((topic, partition), offset))
+        return first
+
+    def _seek_back(self, first: dict[tuple[str, int], int]) -> None:
+        assert self.consumer is not None
         for (topic, partition), offset in first.items():
             if (topic, partition) in self._assigned:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
-        self._dlq_limit = dead_letter_limit(self.settings)
-        self._resume()
+
+    def _abandon_if_lost(self) -> None:
+        """After a wait that may have served a lost assignment: void what is uncommitted."""
+        if self._lost:
+            if self._pending is None and not self._in_hand:
+                self._lost = False
+                return
+            raise PartitionsLost()
 
     def _flush_pending_unless_failed(self, attempts: int) -> bool:
         """`_flush_pending` from a callback or at shutdown: a failed delivery leaves the batch
@@ -577,6 +623,8 @@ class Scorer:
             return True
         assert self.store is not None
         self._await_acks(keep_membership=attempts is None)
+        if attempts is None:
+            self._abandon_if_lost()
         if self._pending is None:  # a revocation served while waiting stored it
             return True
         write, messages = self._pending
@@ -645,7 +693,12 @@ class Scorer:
         pending = self._pending
         if pending is not None:
             self._await_acks()  # may serve a revocation, which stores the pending batch itself
+        self._abandon_if_lost()
         pending = pending if pending is not None and self._pending is pending else None
+        if len(events) and not self._owned_rows(events).all():
+            # revoked while the acks were awaited: those partitions' events are their new owner's
+            owned = np.flatnonzero(self._owned_rows(events))
+            events, event_ids = events.take(owned), [event_ids[i] for i in owned.tolist()]
         before = pending[0] if pending is not None else None
         t = time.perf_counter()
         # one round trip: store the previous batch (its outputs are acknowledged), read this one
@@ -679,9 +732,7 @@ class Scorer:
 
         t = time.perf_counter()
         proba_all, risk_all = runner.infer(inputs)  # events and silences in one call
-        finite: NDArray[np.bool_] = np.asarray(
-            np.isfinite(proba_all).all(axis=1) & np.isfinite(risk_all).reshape(len(risk_all), -1).all(axis=1)
-        )
+        finite = finite_rows(proba_all, risk_all)
         if not finite.all():
             emit, quiet, inputs, proba_all, risk_all = self._without_non_finite(finite, emit, quiet, inputs,
                                                                                 proba_all, risk_all)
@@ -897,6 +948,11 @@ class Scorer:
                 self._resume()
             return result
 
+    def _owned_rows(self, events: EventBatch) -> NDArray[np.bool_]:
+        topic = self.settings.topics.events
+        owned = np.array(sorted(p for t, p in self._assigned if t == topic), dtype=np.int64)
+        return np.isin(events.partition, owned)
+
     def _note_record_times(self, messages: list[Message]) -> None:
         for msg in messages:
             partition = msg.partition()
@@ -1013,6 +1069,10 @@ class Scorer:
             self.http.shutdown()
             self.http = None
         log.info("scorer stopped")
+
+
+class PartitionsLost(Exception):
+    """The group took partitions away without a revocation: the uncommitted batches are void."""
 
 
 class StopServing(Exception):

@@ -52,8 +52,8 @@ def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = No
 class ScorerProcess:
     def __init__(self, env: dict[str, str], registry: Path, log_path: Path) -> None:
         self.port = free_port()
-        self.env = os.environ | env | {"SEQSCORE_REGISTRY": str(registry), "SEQSCORE_METRICS_PORT": str(self.port),
-                                       "TF_CPP_MIN_LOG_LEVEL": "3", "SEQSCORE_BATCH__MAX_WAIT_MS": "20"}
+        self.env = os.environ | {"SEQSCORE_BATCH__MAX_WAIT_MS": "20"} | env | {
+            "SEQSCORE_REGISTRY": str(registry), "SEQSCORE_METRICS_PORT": str(self.port), "TF_CPP_MIN_LOG_LEVEL": "3"}
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 

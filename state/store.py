@@ -112,6 +112,11 @@ class EventBatch:
         no_int, no_code = np.zeros(0, np.int64), np.zeros(0, np.uint32)
         return cls([], no_int, no_int, no_int, no_code, no_code, no_code)
 
+    def take(self, rows: NDArray[np.int64]) -> EventBatch:
+        """The events at `rows`, in that order."""
+        return EventBatch([self.customer_ids[i] for i in rows.tolist()], self.partition[rows], self.offset[rows],
+                          self.ts[rows], self.coarse[rows], self.fine[rows], self.tag[rows])
+
 
 @dataclass
 class AppliedBatch:

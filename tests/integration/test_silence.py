@@ -189,7 +189,7 @@ def test_a_repeated_record_is_not_a_return(store: StateStore) -> None:
     reach = events([("y", 2, T0 + 11 * DAY)])
 
     def joined(*parts: EventBatch) -> EventBatch:
-        return EventBatch(sum((p.customer_ids for p in parts), []), *(
+        return EventBatch([c for p in parts for c in p.customer_ids], *(
             np.concatenate([getattr(p, f) for p in parts]) for f in ("partition", "offset", "ts", "coarse", "fine",
                                                                      "tag")))
 

@@ -197,3 +197,14 @@ def test_rows_the_model_answers_with_nan_get_no_output_and_are_counted() -> None
     assert kept_inputs["tokens"].tolist() == [0, 2, 3]
     assert np.isfinite(kept_proba).all() and np.isfinite(kept_risk).all() and len(kept_proba) == 3
     assert scorer.metrics.non_finite._value.get() == 2
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3])
+def test_finite_rows_takes_any_batch_size_and_risk_shape(rows: int) -> None:
+    """A batch with no row to score (only replays) reached this check on the fault run."""
+    import numpy as np
+
+    from consumer.app import finite_rows
+
+    for risk in (np.full((rows, 1), 0.5, np.float32), np.full(rows, 0.5, np.float32)):
+        assert finite_rows(np.full((rows, 4), 0.25, np.float32), risk).tolist() == [True] * rows
