@@ -448,15 +448,22 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 def cmd_erase(args: argparse.Namespace) -> int:
     import redis
+    from confluent_kafka import Consumer
 
     from consumer.emit import Emitter
+    from consumer.erasure import erase_customer
     from consumer.settings import load_settings
     from state.store import StateStore
 
     settings = load_settings()
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
-    store = StateStore(client, settings.state.key_prefix, settings.state.window, 0, 1)
-    removed = store.erase(args.customer)
+    store = StateStore(client, settings.state.key_prefix, settings.state.window, 0,
+                       settings.state.retention_days * 86_400)
+    consumer = Consumer(settings.kafka_config(**{"group.id": "seqscore-erase", "log_level": 2}))
+    try:
+        removed = erase_customer(store, args.customer, consumer, settings.topics.events)
+    finally:
+        consumer.close()
     # a tombstone on the compacted profiles topic: every scorer forgets the customer, and
     # compaction removes their profile from the log
     emitter = Emitter(settings.kafka_config())

@@ -18,12 +18,14 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from consumer.emit import Emitter
 from consumer.settings import Settings
 from state.errors import ConfigError, KafkaUnavailable
 from state.events import InvalidReason
+from state.store import StateStore
 
 REASON_HEADER = "seqscore.reason"
 REPLAYED_FROM_HEADER = "seqscore.replayed-from"
@@ -45,6 +47,7 @@ class ReplayReport:
     replayed: int = 0
     by_reason: Counter[str] = field(default_factory=Counter)  # of the selected records
     truncated: int = 0  # selected, but cut to fit the DLQ: never replayed (the value is not whole)
+    erased: int = 0  # selected, but their customer was erased since: never replayed
     dry_run: bool = False
 
     def summary(self) -> str:
@@ -52,8 +55,10 @@ class ReplayReport:
         verb = "would replay" if self.dry_run else "replayed"
         cut = (f"; {self.truncated} truncated copies left out (find the originals by seqscore.original_sha256)"
                if self.truncated else "")
+        gone = f"; {self.erased} of erased customers left out" if self.erased else ""
+        left = self.selected - self.truncated - self.erased
         return (f"dlq replay: read {self.read}, selected {self.selected}, {verb} "
-                f"{self.selected - self.truncated if self.dry_run else self.replayed}; by reason: {reasons}{cut}")
+                f"{left if self.dry_run else self.replayed}; by reason: {reasons}{cut}{gone}")
 
 
 def _headers(msg: Message) -> Headers:
@@ -136,6 +141,8 @@ def replay(
     }))
     producer_config = settings.kafka_config(**quiet, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
     emitter = None if dry_run else Emitter(producer_config)
+    store = StateStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.state.key_prefix,
+                       settings.state.window, 0, 1)
     report = ReplayReport(dry_run=dry_run)
     try:
         marks = _end_offsets(consumer, topic, settings.kafka_bootstrap)
@@ -150,7 +157,10 @@ def replay(
         while pending:
             if time.monotonic() - last_seen > STALL_S:
                 raise KafkaUnavailable(f"no progress reading {topic} for {STALL_S:.0f}s")
-            for msg in consumer.consume(500, 1.0):
+            messages = consumer.consume(500, 1.0)
+            erased = store.erased(sorted({key.decode("utf-8", "replace") for m in messages
+                                          if m.error() is None and (key := m.key())}))
+            for msg in messages:
                 partition = msg.partition()
                 error = msg.error()
                 if error is None or error.code() == KafkaError._PARTITION_EOF:
@@ -180,6 +190,10 @@ def replay(
                 report.by_reason[reason] += 1
                 if any(k == TRUNCATED_HEADER for k, _ in _headers(msg)):
                     report.truncated += 1
+                    continue
+                key = msg.key()
+                if key and key.decode("utf-8", "replace") in erased:
+                    report.erased += 1  # erased since: replaying would bring the customer back
                     continue
                 if emitter is not None:
                     emitter.send(target, msg.key(), msg.value(), replay_headers(msg))

@@ -12,10 +12,12 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 from confluent_kafka import Consumer, KafkaException, Message
 
+from consumer.erasure import erase_customer
 from consumer.metrics import Metrics
 from consumer.settings import Settings
 from consumer.source import decode_profile, next_offsets, poll_batch
@@ -26,9 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def apply_profiles(
-    store: StateStore, metrics: Metrics, messages: list[Message], max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+    store: StateStore,
+    metrics: Metrics,
+    messages: list[Message],
+    erase: Callable[[str], object],
+    max_bytes: int = DEFAULT_MAX_EVENT_BYTES,
 ) -> None:
-    """Apply a batch of profile records (upserts in one call; tombstones erase)."""
+    """Apply a batch of profile records (upserts in one call; tombstones `erase`)."""
     ids, genders, ages = [], [], []
     for msg in messages:
         value = msg.value()
@@ -39,7 +45,7 @@ def apply_profiles(
                 if len(customer) > MAX_ID_CHARS:  # no customer has such an id
                     metrics.profiles.labels("invalid").inc()
                     continue
-                store.erase(customer)
+                erase(customer)
                 metrics.profiles.labels("erased").inc()
             continue
         parsed = decode_profile(value, max_bytes)
@@ -75,6 +81,9 @@ class ProfileFollower:
             )
         )
 
+    def _erase(self, customer_id: str) -> None:
+        erase_customer(self.store, customer_id, self.consumer, self.settings.topics.events)
+
     def start(self) -> None:
         self.consumer.subscribe([self.settings.topics.profiles])
         self._thread = threading.Thread(target=self._run, name="seqscore-profiles", daemon=True)
@@ -106,7 +115,7 @@ class ProfileFollower:
         delay = 0.1
         while not self._stop.is_set():
             try:
-                apply_profiles(self.store, self.metrics, messages, self.settings.max_event_bytes)
+                apply_profiles(self.store, self.metrics, messages, self._erase, self.settings.max_event_bytes)
             except Exception as exc:  # Redis down, or anything else: retried, never skipped
                 if isinstance(exc, redis.RedisError):
                     self.metrics.redis_errors.inc()

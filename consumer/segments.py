@@ -60,7 +60,8 @@ def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
         for key in keys:
             pipe.get(key)
         for key, value in zip(keys, pipe.execute(), strict=True):
-            if value is not None and len(value) >= STORED_HEADER_BYTES:  # not expired since the SCAN
+            # not expired since the SCAN, and not an erased customer's tombstone (no events)
+            if value is not None and len(value) >= STORED_HEADER_BYTES and _has_events(value):
                 ids.append(key.decode("utf-8")[start:-3])
                 headers.append(value[:STORED_HEADER_BYTES])
                 tails.append(value[max(STORED_HEADER_BYTES, len(value) - last_k * RECORD_DTYPE.itemsize) :])
@@ -81,6 +82,10 @@ def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
         last_ts=last_ts,
         count=head["count"].astype(np.int64),
     )
+
+
+def _has_events(value: bytes) -> bool:
+    return int(np.frombuffer(value[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["count"][0]) > 0
 
 
 def _pages(client: redis.Redis, pattern: str) -> list[list[bytes]]:

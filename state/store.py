@@ -81,6 +81,7 @@ CLOCK_DTYPE = np.dtype([("partition", "<u4"), ("c0", "<u4"), ("c1", "<u4"), ("ve
 PRECOMPUTED_DTYPE = np.dtype([("length", "<u4"), ("last_ts", "<u4"), ("partition", "<u4")])
 VERSION_ARG_DTYPE = np.dtype([("partition", "<u4"), ("version", "<f8")])
 FLAG_ALERTED = 1
+FLAG_ERASED = 2  # a tombstone window: see erase()
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
 STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
@@ -458,17 +459,50 @@ class StateStore:
             pipe.set(self.profile_key(customer), bytes([g if g >= 0 else 255, a if a >= 0 else 255]), ex=self.ttl)
         pipe.execute(raise_on_error=True)
 
-    def erase(self, customer_id: str) -> int:
-        """Delete everything stored about a customer; returns the number of keys removed."""
-        raw = self.raw_value(customer_id)
+    def stored_partition(self, customer_id: str) -> int | None:
+        """The events partition of the customer's newest stored event, if any is stored."""
+        head = self.client.getrange(self.window_key(customer_id), 0, STORED_HEADER_BYTES - 1)
+        if not isinstance(head, bytes) or len(head) < STORED_HEADER_BYTES:
+            return None
+        return int(np.frombuffer(head, STORED_HEADER_DTYPE)["partition"][0])
+
+    def erase(self, customer_id: str, partition: int, next_offset: int) -> int:
+        """Forget everything stored about a customer whose events go to `partition`, where the
+        next event will get `next_offset` (the partition's end when the erasure is asked for).
+        Returns the number of keys that held data.
+
+        The window becomes a tombstone (FLAG_ERASED, no records) that remembers the partition
+        and the last offset it covers, for `ttl_seconds`: an event at or before it (a batch in
+        flight, a rebuild from the topic, the replay after a rollback) is a replay and restores
+        nothing; a later one starts a new history. Undo records lose the customer's entries,
+        so no rollback puts the old window back; the quiet set forgets it."""
+        stored = self.stored_partition(customer_id)
+        tombstone = np.zeros(1, STORED_HEADER_DTYPE)
+        tombstone["offset"], tombstone["partition"], tombstone["flags"] = next_offset - 1, partition, FLAG_ERASED
+        window = self.window_key(customer_id)
         pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.window_key(customer_id), self.profile_key(customer_id))
-        if raw is not None:
-            partition = int(np.frombuffer(raw[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["partition"][0])
-            pipe.zrem(self.quiet_key(partition), customer_id)
+        pipe.exists(window, self.profile_key(customer_id))
+        pipe.delete(self.profile_key(customer_id))
+        pipe.set(window, tombstone.tobytes(), ex=self.ttl)
+        for part in {partition, stored} - {None}:
+            pipe.zrem(self.quiet_key(int(part)), customer_id)  # type: ignore[arg-type]
+            pipe.hdel(f"{self.prefix}:undo:{part}", f"w:{window}", f"z:{customer_id}")
             # a write: a pending write of the partition applies its events again, not what it read
-            pipe.hincrby(f"{self.prefix}:version", str(partition), 1)
+            pipe.hincrby(f"{self.prefix}:version", str(part), 1)
         return int(pipe.execute()[0])
+
+    def erased(self, customer_ids: list[str]) -> set[str]:
+        """Those of `customer_ids` whose window is a tombstone (erased, no event since)."""
+        pipe = self.client.pipeline(transaction=False)
+        for customer_id in customer_ids:
+            pipe.getrange(self.window_key(customer_id), 0, STORED_HEADER_BYTES - 1)
+        found = set()
+        for customer_id, head in zip(customer_ids, pipe.execute(), strict=True):
+            if isinstance(head, bytes) and len(head) == STORED_HEADER_BYTES:
+                header = np.frombuffer(head, STORED_HEADER_DTYPE)
+                if header["count"][0] == 0 and header["flags"][0] & FLAG_ERASED:
+                    found.add(customer_id)
+        return found
 
     def rollback(self, partition: int, committed_offset: int) -> int:
         """Undo the partition's last write if its transaction never committed (the group's

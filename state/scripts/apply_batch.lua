@@ -67,6 +67,11 @@ local HDR, REC = 44, 16
 local TAG_SCAN = 32
 local MAX_DUE = 20000
 local MOVED_FLAG = 256  -- added to an event's status: its customer's last event was on another partition
+-- A window erased by `seqscore erase` is a tombstone: a header with this flag, no records, and the
+-- partition and last offset the erasure covers. An event at or before that offset is a replay (an
+-- in-flight batch, a rebuild, a rollback's replay): it restores nothing. A later one starts afresh.
+local FLAG_ERASED = 2
+local function erased(s) return s.count == 0 and bit.band(s.flags, FLAG_ERASED) ~= 0 end
 local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
 local n_updates = tonumber(ARGV[6])
@@ -156,9 +161,12 @@ end
 -- present_of: index -> the window read before (with an undo record); nil: one EXISTS each
 local function write_alert_only(alert_only, alert_order, present_of)
   for _, ci in ipairs(alert_order) do
-    local present
-    if present_of then present = present_of[ci] else present = redis.call('EXISTS', KEYS[2 * ci - 1]) == 1 end
-    if present then redis.call('SETRANGE', KEYS[2 * ci - 1], ALERT_AT, alert_only[ci]) end
+    local head
+    if present_of then head = present_of[ci] else head = redis.call('GETRANGE', KEYS[2 * ci - 1], 0, HDR - 1) end
+    -- absent (expired, erased) or a tombstone: a silence scored before the erasure stores nothing
+    if head and #head >= HDR and not erased(load(head)) then
+      redis.call('SETRANGE', KEYS[2 * ci - 1], ALERT_AT, alert_only[ci])
+    end
   end
 end
 
@@ -233,7 +241,7 @@ for e = 1, n do
   tags[e], times[e] = tag, ts
   -- the customer's previous event came from another partition: two members may write it
   moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
-  if s.count > 0 and part == s.partition and off <= s.offset then
+  if (s.count > 0 or erased(s)) and part == s.partition and off <= s.offset then
     status[e] = 1
   elseif find_tag(s.recs, tag, TAG_SCAN) > 0 then
     status[e] = 2
@@ -261,6 +269,7 @@ for e = 1, n do
       mine[#mine + 1] = e
     end
     if status[e] ~= 4 then
+      s.flags = bit.band(s.flags, bit.bnot(FLAG_ERASED))
       if s.count == 0 or ts < s.first then s.first = ts end
       s.count = s.count + 1
       s.grew = true
@@ -313,6 +322,7 @@ end
 if writes then
   local alert_only, alert_order = read_updates(function(ci, flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts)
     local s = state[ci]
+    if erased(s) then return end  -- scored before the erasure: nothing of it is stored
     s.flags, s.alert_ts, s.nba_ts, s.pred_code, s.pred_risk, s.pred_ts = flags, alert_ts, nba_ts, pred_code, pred_risk, pred_ts
     s.dirty = true
   end)
@@ -331,7 +341,7 @@ if writes then
     end
     for i = 1, ncust do
       local s = state[i]
-      if s.dirty or (alert_only[i] and raw_of[i]) then
+      if s.dirty or (alert_only[i] and raw_of[i] and not erased(s)) then
         local u = undo_of(s.partition)
         u['w:' .. keys[i][1]] = raw_of[i] or ''
         if s.grew and #marks > 0 then

@@ -96,13 +96,19 @@ def test_dead_letters_replayed_after_the_fix_are_scored(
                                                                              f"selected {total},")
     assert end_offsets(bootstrap, events_topic) == sent_before
 
+    # one of them asked to be forgotten meanwhile: a replay must not bring them back
+    erase = subprocess.run([sys.executable, "-m", "consumer.cli", "erase", "--customer", "big-0"],
+                           env=os.environ | test_env, capture_output=True, text=True, timeout=120)
+    assert erase.returncode == 0, erase.stderr
     # the fix is a larger limit; only the records it fixes go back
+    fixed = big[1:]
     assert dlq_cli("--since", since.isoformat(), "--reason", "too_large") == (
-        f"dlq replay: read {total}, selected {len(big)}, replayed {len(big)}; by reason: too_large {len(big)}")
-    assert end_offsets(bootstrap, events_topic) == sent_before + len(big)
-    replayed = [m for m in read_topic(bootstrap, events_topic, sent_before + len(big))
+        f"dlq replay: read {total}, selected {len(big)}, replayed {len(fixed)}; by reason: too_large {len(big)}"
+        "; 1 of erased customers left out")
+    assert end_offsets(bootstrap, events_topic) == sent_before + len(fixed)
+    replayed = [m for m in read_topic(bootstrap, events_topic, sent_before + len(fixed))
                 if any(k == "seqscore.replayed-from" for k, _ in m.headers() or [])]
-    assert sorted(m.value() for m in replayed) == sorted(big), "original value bytes"
+    assert sorted(m.value() for m in replayed) == sorted(fixed), "original value bytes"
     dlq_positions = {f"dlq:{m.partition()}:{m.offset()}".encode() for m in dlq}
     for msg in replayed:
         headers = msg.headers()
@@ -112,11 +118,11 @@ def test_dead_letters_replayed_after_the_fix_are_scored(
 
     with running(test_env, tiny_registry, tmp_path / "second.log") as scorer:
         scorer.wait_ready()
-        outputs = read_topic(bootstrap, settings.topics.next_actions, len(small) + len(big))
+        outputs = read_topic(bootstrap, settings.topics.next_actions, len(small) + len(fixed))
         by_event = predictions_by_event(outputs)
-        assert set(by_event) == set(history.event_ids()) | {f"big-{i}" for i in range(len(big))}
+        assert set(by_event) == set(history.event_ids()) | {f"big-{i}" for i in range(1, len(big))}
         assert all(len(v) == 1 for v in by_event.values()), "one prediction each, over both runs"
-        assert scorer.metric("seqscore_predictions_total") == len(big)
+        assert scorer.metric("seqscore_predictions_total") == len(fixed)
         assert scorer.metric("seqscore_events_invalid_total") == 0
         assert scorer.stop() == 0
     assert len(read_topic(bootstrap, settings.topics.dlq, len(dlq))) == len(dlq), "no new dead letters"

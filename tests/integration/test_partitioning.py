@@ -12,35 +12,13 @@ from consumer.harness import read_topic
 from consumer.loadgen import send
 from consumer.settings import load_settings
 from consumer.topics import ensure_topics
+from state.partitioning import java_partition, murmur2
 
 KEYS = [f"customer-{i}" for i in range(60)] + ["3454BA", "é-ü", "x" * 300]
 
 
-def murmur2(data: bytes) -> int:
-    """Kafka's Utils.murmur2, in unsigned 32-bit arithmetic."""
-    m, length = 0x5BD1E995, len(data)
-    h = (0x9747B28C ^ length) & 0xFFFFFFFF
-    for i in range(0, length - length % 4, 4):
-        k = int.from_bytes(data[i:i + 4], "little")
-        k = (k * m) & 0xFFFFFFFF
-        k ^= k >> 24
-        k = (k * m) & 0xFFFFFFFF
-        h = ((h * m) & 0xFFFFFFFF) ^ k
-    tail = data[length - length % 4:]
-    if len(tail) == 3:
-        h ^= tail[2] << 16
-    if len(tail) >= 2:
-        h ^= tail[1] << 8
-    if tail:
-        h ^= tail[0]
-        h = (h * m) & 0xFFFFFFFF
-    h ^= h >> 13
-    h = (h * m) & 0xFFFFFFFF
-    return h ^ (h >> 15)
-
-
-def java_partition(key: str, partitions: int) -> int:
-    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+def java_partition_of(key: str, partitions: int) -> int:
+    return java_partition(key.encode(), partitions)
 
 
 def test_the_reference_hash_is_kafkas() -> None:
@@ -62,5 +40,5 @@ def test_keys_land_where_a_java_producer_puts_them(test_env: dict[str, str], pro
     else:
         send([(key.encode(), b"{}") for key in KEYS], topic, settings.kafka_config(), progress=False)
     placed = {m.key().decode(): m.partition() for m in read_topic(settings.kafka_bootstrap, topic, len(KEYS))}
-    assert placed == {key: java_partition(key, partitions) for key in KEYS}
+    assert placed == {key: java_partition_of(key, partitions) for key in KEYS}
     assert len(set(placed.values())) == partitions, "the keys spread over every partition"

@@ -22,6 +22,7 @@ from consumer.harness import predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
 from consumer.settings import Settings, load_settings
 from state.events import ChurnAlertMessage
+from state.store import STORED_HEADER_BYTES, StateStore
 from tests.registry_copies import copy_version, poisoned_version
 from training.simulate import simulate
 
@@ -240,8 +241,12 @@ def test_profiles_are_joined_and_erasure_removes_everything(
         assert producer.flush(30) == 0
         wait_for(lambda: scorer.metric("seqscore_profile_updates_total", 'kind="erased"') >= 2, timeout=60,
                  what="tombstones applied")
+        store = StateStore(client, prefix, 50, 0, 3600)
         for customer in (forget, tombstoned):
-            assert client.exists(f"{prefix}:{{c:{customer}}}:w", f"{prefix}:{{c:{customer}}}:p") == 0
+            # what is left is a tombstone: no records, no prediction, no profile (tests/integration/test_erasure.py)
+            assert client.exists(f"{prefix}:{{c:{customer}}}:p") == 0
+            assert (store.raw_value(customer) or b"")[STORED_HEADER_BYTES:] == b""
+        assert store.erased([forget, tombstoned, keep]) == {forget, tombstoned}
         assert client.exists(f"{prefix}:{{c:{keep}}}:w", f"{prefix}:{{c:{keep}}}:p") == 2
         tombstones = [m for m in read_topic(settings.kafka_bootstrap, settings.topics.profiles, 5)
                       if m.value() is None]

@@ -61,7 +61,7 @@ def test_apply_profiles_counts_oversized_records_and_keys_as_invalid() -> None:
         Record(b"c3", None),  # a tombstone
         Record(long_id.encode(), None),  # a tombstone no customer can have
     ]
-    apply_profiles(store, metrics, records, max_bytes=4096)  # type: ignore[arg-type]
+    apply_profiles(store, metrics, records, store.erase, max_bytes=4096)  # type: ignore[arg-type]
     assert store.profiles == ["c1"] and store.erased == ["c3"]
     counts = {kind: metrics.registry.get_sample_value("seqscore_profile_updates_total", {"kind": kind})
               for kind in ("updated", "erased", "invalid")}
