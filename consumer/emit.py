@@ -44,9 +44,11 @@ class DeliveryFailed(KafkaUnavailable):
         self.fatal = isinstance(error, KafkaError) and error.fatal()
 
 
-def prediction_id(kind: str, event_id: str, model_version: str) -> str:
-    """Deterministic: a replay of the same event under the same model gives the same id."""
-    return hashlib.blake2b(f"{kind}|{event_id}|{model_version}".encode(), digest_size=16).hexdigest()
+def prediction_id(kind: str, customer_id: str, basis: str) -> str:
+    """Deterministic: a replay of the same customer's event (or silence) gives the same id, even
+    when a model promoted meanwhile scores the replay, so consumers that dedupe by it act once;
+    two customers whose events share an event_id get different ids."""
+    return hashlib.blake2b(f"{kind}|{customer_id}|{basis}".encode(), digest_size=16).hexdigest()
 
 
 def iso(epoch_seconds: int) -> str:
@@ -86,7 +88,7 @@ def next_action_values(
     for i, event_id in enumerate(event_ids):
         message = {
             "schema_version": SCHEMA_VERSION,
-            "prediction_id": prediction_id("next", event_id, model_version),
+            "prediction_id": prediction_id("next", customer_ids[i], event_id),
             "event_id": event_id,
             "customer_id": customer_ids[i],
             "model_version": model_version,
@@ -112,11 +114,11 @@ def churn_alert_value(
     as_of: int,
     policy: str,
 ) -> bytes:
-    basis = event_id if event_id is not None else f"{customer_id}@{as_of}"
+    basis = event_id if event_id is not None else f"@{as_of}"
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
-            "prediction_id": prediction_id(f"churn-{kind}", basis, model_version),
+            "prediction_id": prediction_id(f"churn-{kind}", customer_id, basis),
             "event_id": event_id,
             "customer_id": customer_id,
             "model_version": model_version,

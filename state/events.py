@@ -118,7 +118,9 @@ class NextActionMessage(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     schema_version: Literal[1] = 1
-    prediction_id: str = Field(description="Deterministic: the same event and model give the same id.")
+    prediction_id: str = Field(
+        description="Deterministic: the same customer's event gives the same id, whichever model scored it."
+    )
     event_id: str
     customer_id: str
     model_version: str

@@ -208,3 +208,32 @@ def test_finite_rows_takes_any_batch_size_and_risk_shape(rows: int) -> None:
 
     for risk in (np.full((rows, 1), 0.5, np.float32), np.full(rows, 0.5, np.float32)):
         assert finite_rows(np.full((rows, 4), 0.25, np.float32), risk).tolist() == [True] * rows
+
+
+def test_prediction_ids_tell_customers_apart_and_survive_a_promotion() -> None:
+    """Consumers dedupe by prediction_id: two customers' events that share an event_id must not
+    collapse into one, and a replay scored by a newly promoted model is still the same event's
+    prediction (acted on once)."""
+    import orjson
+
+    from consumer.emit import churn_alert_value, next_action_values
+
+    def next_ids(customers: list[str], version: str) -> list[str]:
+        import numpy as np
+
+        values = next_action_values(["e-1"] * len(customers), customers, np.zeros(len(customers), np.int64),
+                                    np.full((len(customers), 2), 0.5, np.float32),
+                                    np.zeros(len(customers), np.float32), ("A", "B"), version, 1, None,
+                                    np.zeros(len(customers), bool), "p")
+        return [orjson.loads(v)["prediction_id"] for v in values]
+
+    first, second = next_ids(["c1", "c2"], "v1")
+    assert first != second
+    assert next_ids(["c1"], "v2") == [first]
+
+    def alert_id(customer: str, version: str) -> str:
+        return str(orjson.loads(churn_alert_value("alert", "event", "e-1", customer, version, 0.9, 0.5, 0, "p"))
+                   ["prediction_id"])
+
+    assert alert_id("c1", "v1") != alert_id("c2", "v1")
+    assert alert_id("c1", "v1") == alert_id("c1", "v2")
