@@ -222,6 +222,18 @@ local function rec_ts(recs, i) return (struct.unpack('<I', recs, (i - 1) * REC +
 
 -- Index (1-based) of the record carrying `tag` among the last `limit` records, 0 if none.
 -- string.find runs in C; a hit counts only where it lines up with a record's tag field.
+-- a late event older than the newest TAG_SCAN records (a DLQ record replayed twice): its copy,
+-- if stored, sits among the records of its own time
+local function find_tag_at(recs, tag, ts)
+  local i = #recs / REC
+  while i > 0 and rec_ts(recs, i) > ts do i = i - 1 end
+  while i > 0 and rec_ts(recs, i) == ts do
+    if (struct.unpack('<I', recs, (i - 1) * REC + 13)) == tag then return i end
+    i = i - 1
+  end
+  return 0
+end
+
 local function find_tag(recs, tag, limit)
   local needle = struct.pack('<I', tag)
   local from = math.max(1, #recs - limit * REC + 1)
@@ -243,7 +255,7 @@ for e = 1, n do
   moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
   if (s.count > 0 or erased(s)) and part == s.partition and off <= s.offset then
     status[e] = 1
-  elseif find_tag(s.recs, tag, TAG_SCAN) > 0 then
+  elseif find_tag(s.recs, tag, TAG_SCAN) > 0 or find_tag_at(s.recs, tag, ts) > 0 then
     status[e] = 2
   else
     local nrec = #s.recs / REC

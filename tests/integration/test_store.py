@@ -99,6 +99,25 @@ def test_a_customer_whose_events_come_from_two_partitions_is_flagged(store: Stat
     assert back.moved.tolist() == [False]
 
 
+def test_a_late_event_sent_twice_is_stored_once_however_many_records_are_newer(
+    stack: dict[str, str], unique: str
+) -> None:
+    """`dlq replay` run twice re-sends an old event: more than 32 newer records lie between it and
+    the newest, beyond the newest-32 tag scan; its copy must still be found."""
+    client = redis.Redis.from_url(stack["redis"])
+    store = StateStore(client, f"d{unique}", capacity=64, lateness_seconds=400 * DAY, ttl_seconds=3600)
+    try:
+        store.apply(batch([("a", i, T0 + i * 60, "A", f"e{i}") for i in range(50)]))
+        late = ("a", 50, T0 + 5 * 60 + 30, "L", "late")  # between e5 and e6: 44 records are newer
+        assert store.apply(batch([late])).status.tolist() == [LATE_INSERTED]
+        again = store.apply(batch([("a", 51, late[2], "L", "late")]))  # the second replay: a new offset
+        assert again.status.tolist() == [DUPLICATE]
+        assert (len(store.raw_value("a") or b"") - STORED_HEADER_BYTES) // 16 == 51
+    finally:
+        for key in client.scan_iter(f"d{unique}:*"):
+            client.delete(key)
+
+
 def test_repeated_event_id_is_ignored(store: StateStore) -> None:
     store.apply(batch([("a", 0, T0, "A", "e0")]))
     result = store.apply(batch([("a", 1, T0, "A", "e0"), ("a", 2, T0 + DAY, "B", "e1")]))
