@@ -51,7 +51,7 @@ from consumer.profiles import ProfileFollower
 from consumer.scoring import ModelRefused, ModelRunner
 from consumer.segments_page import PageContext, SegmentsPage
 from consumer.settings import ModelSettings, Settings
-from consumer.source import EventDecoder, next_offsets, poll_batch
+from consumer.source import EventDecoder, next_offsets, poll_batch, read_again_later
 from consumer.topics import dead_letter_limit, ensure_topics
 from state.encoding import activity_codes, encode
 from state.errors import KafkaUnavailable
@@ -434,7 +434,7 @@ class Scorer:
         assignment = self.consumer.assignment()
         if assignment:
             self.consumer.pause(assignment)
-        self.consumer.poll(0)
+        read_again_later(self.consumer, self.consumer.poll(0))
         # a wait is when ops most need to see the lag grow, and a paused consumer's fetches no
         # longer bring the high watermarks: ask the broker
         self._update_lag(from_broker=True)

@@ -20,7 +20,7 @@ from confluent_kafka import Consumer, KafkaException, Message
 from consumer.erasure import erase_customer
 from consumer.metrics import Metrics
 from consumer.settings import Settings
-from consumer.source import decode_profile, next_offsets, poll_batch
+from consumer.source import decode_profile, next_offsets, poll_batch, read_again_later
 from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS
 from state.store import StateStore
 
@@ -126,7 +126,8 @@ class ProfileFollower:
                     self.consumer.pause(self.consumer.assignment())
                 time.sleep(delay)
                 with contextlib.suppress(KafkaException):
-                    self.consumer.poll(0)
+                    # the records in hand are retried; one more handed back here is read again later
+                    read_again_later(self.consumer, self.consumer.poll(0))
                 delay = min(delay * 2, 5.0)
                 continue
             self.consumer.resume(self.consumer.assignment())

@@ -133,3 +133,14 @@ def decode_profile(value: bytes, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> tu
     gender = GENDERS.index(data["gender"]) if data.get("gender") in GENDERS else -1
     age = AGE_GROUPS.index(data["age_group"]) if data.get("age_group") in AGE_GROUPS else -1
     return customer, gender, age
+
+
+def read_again_later(consumer: Consumer, msg: Message | None) -> None:
+    """A poll meant to serve group callbacks handed back a record (a partition assigned and
+    fetched before it could be paused): seek back to it, so that it is read again in a batch
+    instead of skipped while the offsets after it commit."""
+    if msg is None or msg.error() is not None:
+        return
+    topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+    if topic is not None and partition is not None and offset is not None:
+        consumer.seek(TopicPartition(topic, partition, offset))

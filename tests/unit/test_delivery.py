@@ -118,6 +118,12 @@ class FakeConsumer:
     def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
         return partitions
 
+    def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
+        return partitions
+
+    def get_watermark_offsets(self, tp: TopicPartition, timeout: float = 0, cached: bool = False) -> tuple[int, int]:
+        return 0, 0
+
     def close(self) -> None:
         self.calls.append(("close", None))
 
@@ -237,3 +243,13 @@ def test_prediction_ids_tell_customers_apart_and_survive_a_promotion() -> None:
 
     assert alert_id("c1", "v1") != alert_id("c2", "v1")
     assert alert_id("c1", "v1") == alert_id("c1", "v2")
+
+
+def test_a_record_returned_while_keeping_membership_is_fetched_again_not_skipped(failed_scorer: Scorer) -> None:
+    """While a batch waits, poll(0) only serves group callbacks; should it hand back a record (a
+    partition assigned and fetched before it was paused), that record must be read again later,
+    or the offsets after it would commit past it (audit B4)."""
+    consumer = failed_scorer.consumer
+    consumer.poll = lambda timeout: incoming(b"{}", offset=41)  # type: ignore[union-attr, method-assign]
+    failed_scorer._keep_membership()
+    assert ("seek", ("activity-events", 1, 41)) in consumer.calls  # type: ignore[union-attr]
