@@ -14,6 +14,7 @@ import dataclasses
 import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from importlib import resources
 
 import numpy as np
 import redis
@@ -50,36 +51,39 @@ class Snapshot:
 
 
 def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
-    """Header and last `last_k` records of every customer window, a pipeline per SCAN page."""
+    """Header and last `last_k` records of every customer window, one script call per SCAN
+    page (state/scripts/window_tails.lua), parsed page by page into arrays."""
+    read_tails = client.register_script(resources.files("state").joinpath("scripts/window_tails.lua").read_text())
     ids: list[str] = []
-    headers: list[bytes] = []
-    tails: list[bytes] = []
+    heads: list[NDArray[np.void]] = []
+    codes: list[NDArray[np.uint32]] = []
+    newest: list[NDArray[np.int64]] = []
     start = len(prefix) + 4  # "{prefix}:{c:" ... "}:w"
-    pipe = client.pipeline(transaction=False)
     for keys in _pages(client, f"{prefix}:{{c:*}}:w"):
-        for key in keys:
-            pipe.get(key)
-        for key, value in zip(keys, pipe.execute(), strict=True):
-            # not expired since the SCAN, and not an erased customer's tombstone (no events)
-            if value is not None and len(value) >= STORED_HEADER_BYTES and _has_events(value):
-                ids.append(key.decode("utf-8")[start:-3])
-                headers.append(value[:STORED_HEADER_BYTES])
-                tails.append(value[max(STORED_HEADER_BYTES, len(value) - last_k * RECORD_DTYPE.itemsize) :])
-    head = np.frombuffer(b"".join(headers), dtype=STORED_HEADER_DTYPE)
-    last_codes = np.zeros((len(ids), last_k), dtype=np.uint32)
-    last_ts = np.zeros(len(ids), dtype=np.int64)
-    for i, tail in enumerate(tails):
-        records = np.frombuffer(tail, dtype=RECORD_DTYPE)
-        if len(records):
-            last_codes[i, last_k - len(records) :] = records["coarse"]
-            last_ts[i] = int(records["ts"][-1])
+        values = read_tails(keys=keys, args=[STORED_HEADER_BYTES, last_k * RECORD_DTYPE.itemsize])
+        # gone since the SCAN, or an erased customer's tombstone (no events)
+        kept = [(key, value) for key, value in zip(keys, values, strict=True)
+                if len(value) >= STORED_HEADER_BYTES and _has_events(value)]
+        page_codes = np.zeros((len(kept), last_k), dtype=np.uint32)
+        page_newest = np.zeros(len(kept), dtype=np.int64)
+        for i, (_, value) in enumerate(kept):
+            records = np.frombuffer(value[STORED_HEADER_BYTES:], dtype=RECORD_DTYPE)
+            if len(records):
+                page_codes[i, last_k - len(records) :] = records["coarse"]
+                page_newest[i] = int(records["ts"][-1])
+        ids += [key.decode("utf-8")[start:-3] for key, _ in kept]
+        heads.append(np.frombuffer(b"".join(value[:STORED_HEADER_BYTES] for _, value in kept),
+                                   dtype=STORED_HEADER_DTYPE))
+        codes.append(page_codes)
+        newest.append(page_newest)
+    head = np.concatenate(heads) if heads else np.zeros(0, STORED_HEADER_DTYPE)
     return Snapshot(
         customer_ids=ids,
-        last_codes=last_codes,
+        last_codes=np.concatenate(codes) if codes else np.zeros((0, last_k), np.uint32),
         pred_code=head["pred_code"].astype(np.uint32),
         churn_risk=head["pred_risk"].astype(np.float32),
         pred_ts=head["pred_ts"].astype(np.int64),
-        last_ts=last_ts,
+        last_ts=np.concatenate(newest) if newest else np.zeros(0, np.int64),
         count=head["count"].astype(np.int64),
     )
 

@@ -173,3 +173,36 @@ def test_sigterm_while_redis_stalls_stops_the_scorer_without_committing_the_batc
             time.sleep(max(0.0, paused_until - time.monotonic()))
     assert code == 0 and took < 20, f"exit {code} after {took:.0f}s: a stalled Redis must not hold a SIGTERM"
     assert "stopping without storing the last batch" in (tmp_path / "serve.log").read_text()
+    assert_committed_only_what_is_stored(settings, admin)
+
+
+def assert_committed_only_what_is_stored(settings: Settings, client: redis.Redis) -> None:
+    """Every event below the group's committed offset of its partition has its state stored: the
+    customer's window records that partition's offset or a later one."""
+    import numpy as np
+    import orjson
+    from confluent_kafka import Consumer, TopicPartition
+
+    from consumer.harness import read_topic
+    from state.store import STORED_HEADER_BYTES, STORED_HEADER_DTYPE, StateStore
+
+    events = read_topic(settings.kafka_bootstrap, settings.topics.events, 1)
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": settings.group_id,
+                         "enable.auto.commit": False})
+    try:
+        partitions = sorted({m.partition() for m in events})
+        committed = {tp.partition: tp.offset for tp in consumer.committed(
+            [TopicPartition(settings.topics.events, p) for p in partitions], timeout=10)}
+    finally:
+        consumer.close()
+    store = StateStore(client, settings.state.key_prefix, settings.state.window, 0, 3600)
+    newest: dict[tuple[str, int], int] = {}  # (customer, partition) -> its newest committed offset
+    for msg in events:
+        if msg.offset() < committed[msg.partition()]:
+            key = (orjson.loads(msg.value())["customer_id"], msg.partition())
+            newest[key] = max(newest.get(key, -1), msg.offset())
+    assert newest, "something was committed before the stall"
+    for (customer, partition), offset in newest.items():
+        head = np.frombuffer((store.raw_value(customer) or b"")[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)
+        assert len(head) and int(head["partition"][0]) == partition and int(head["offset"][0]) >= offset, \
+            f"{customer}: offset {offset} of partition {partition} committed, its state not stored"

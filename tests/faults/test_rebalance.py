@@ -131,3 +131,45 @@ def test_exactly_once_with_members_joining_and_leaving_commits_each_prediction_o
     assert_same_outcome(clean, faulted, history)
     repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
     assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events"
+
+
+def test_exactly_once_failover_to_another_member_after_a_sigkill(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """A member killed with SIGKILL, its transaction likely open, and its partitions taken over by
+    another member with another transactional id (no fencing by a restart): the survivor must
+    stay up while the dead transaction is open (audit B1), and each event is committed once."""
+    history = simulate(200, seed=47)
+    logs = tmp_path / "faulted"
+
+    def kill_one_of_two(a: ScorerProcess, _settings: Settings) -> list[ScorerProcess]:
+        started = [a]
+        try:
+            wait_for(lambda: a.metric("seqscore_predictions_total") > 100, timeout=60, what="stream flowing")
+            b = ScorerProcess(a.env, tiny_registry, logs / "scorer-b.log").start()
+            started.append(b)
+            b.wait_ready()
+            wait_for(lambda: assigned(a) + assigned(b) == PARTITIONS and assigned(b) > 0, timeout=60,
+                     what="b shares the partitions")
+            a.stop(signal.SIGKILL)
+            wait_for(lambda: assigned(b) == PARTITIONS, timeout=90, what="b owns every partition after a died")
+            scored = b.metric("seqscore_predictions_total")
+            wait_for(lambda: b.metric("seqscore_predictions_total") > scored, timeout=90, what="b scoring a's")
+            assert b.process is not None and b.process.poll() is None, b.log_path.read_text()[-3000:]
+            return [b]
+        except BaseException:
+            for scorer in started:
+                if scorer.process is not None and scorer.process.poll() is None:
+                    scorer.process.kill()
+            raise
+
+    env = test_env | {"SEQSCORE_KAFKA__SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
+                      "SEQSCORE_PROCESSING_GUARANTEE": "exactly_once"}
+    for name in ("clean", "faulted"):
+        (tmp_path / name).mkdir()
+    clean = scored_run(variant(env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch, rate=0)
+    faulted = scored_run(variant(env, unique, "f"), tiny_registry, history, logs, monkeypatch,
+                         fault=kill_one_of_two, rate=40)
+    assert_same_outcome(clean, faulted, history)
+    repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
+    assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events"
