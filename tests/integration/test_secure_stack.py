@@ -24,6 +24,7 @@ from confluent_kafka.admin import AdminClient
 from consumer.harness import free_port, predictions_by_event, read_topic, running, wait_for
 from consumer.loadgen import StreamPlan, event_values, stream
 from consumer.settings import load_settings
+from state.store import StateStore
 from tests.conftest import REPO, names_of
 from training.simulate import simulate
 
@@ -153,10 +154,13 @@ def test_scorer_serves_end_to_end_over_sasl_ssl_and_tls(
         assert windows == {f"{prefix}:{{c:{c}}}:w" for c in customers}, "state in Redis for every customer"
         wait_for(lambda: client.exists(f"{prefix}:{{c:{customer}}}:p"), timeout=30, what="the profile in Redis")
 
-        # a CLI command over both: erase deletes in Redis and sends the tombstone through Kafka
+        # a CLI command over both: erase leaves only the tombstone window in Redis (see
+        # docs/serving.md "Erasure") and sends the profile tombstone through Kafka
         erase = cli("erase", "--customer", customer, env=scorer_env)
         assert erase.returncode == 0, erase.stderr
-        assert not client.exists(f"{prefix}:{{c:{customer}}}:w")
+        store = StateStore(client, prefix, settings.state.window, 3600, 3600)  # only reads the header
+        assert store.erased([customer]) == {customer}
+        assert not client.exists(f"{prefix}:{{c:{customer}}}:p")
         assert scorer.stop(signal.SIGTERM) == 0
     text = log.read_text()
     assert "Traceback" not in text, text[-3000:]
