@@ -262,6 +262,9 @@ def write_page(rows: list[Row], out: Path, plots: Path) -> None:
         "",
         f"![model against baselines]({plots.name}/quality.png)",
         "",
+        "What the table does not show (the churn ceiling on `bpi13-incidents`, the drift in `env-permit`) is in",
+        "[quality-notes.md](quality-notes.md), written by hand.",
+        "",
     ]
     out.write_text("\n".join(lines))
 
