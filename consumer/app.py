@@ -75,6 +75,11 @@ LAG_EVERY_S = 1.0
 LAG_QUERY_BUDGET_S = 1.0  # a broker that does not answer must not hold up a stop request for long
 SWEEP_STEP_S = 86_400
 REFUSED_RETRY_S = 300.0  # a refused model version is tried again after this long
+# exactly-once: a newly assigned partition's committed offsets are asked for once a second
+# while they are not stable, each time waiting longer (the first figure doubling up to the
+# second), so that a slow broker is waited for and a stuck one holds up the loop briefly
+CHECK_EVERY_S = 1.0
+CHECK_TIMEOUT_S = (0.25, 4.0)
 DELIVERY_RETRY_S = (0.5, 30.0)  # the first wait before a batch whose delivery failed is sent again, and the most
 
 
@@ -235,6 +240,10 @@ class Scorer:
         self.consumer: Consumer | None = None
         self.emitter: Emitter | None = None
         self._assigned: set[tuple[str, int]] = set()
+        # exactly-once: events partitions assigned but paused until their rollback check ran
+        self._unchecked: set[int] = set()
+        self._check_at, self._check_timeout_s = 0.0, CHECK_TIMEOUT_S[0]
+        self._assignments = 0  # exactly-once assignments so far: a check that spans one starts over
         self._last_ts_ms: dict[int, int] = {}
         self._clock: dict[int, int] = {}  # events partition -> its event-time clock
         self._clock_by_events: dict[int, tuple[int, float]] = {}  # -> (clock, monotonic time) at its last event
@@ -269,6 +278,7 @@ class Scorer:
             s.kafka_config(),
             on_wait=self._keep_membership,
             transactional_id=s.transactional_id() if s.exactly_once else None,
+            transaction_timeout_ms=s.transaction_timeout_ms,
         )
         self.consumer = Consumer(
             s.kafka_config(
@@ -348,27 +358,71 @@ class Scorer:
         # librdkafka keeps a partition's pause across a lost assignment; one paused while the
         # batch waited (e.g. on a restarting broker) would come back paused and never fetch
         consumer.resume(partitions)
-        if self.settings.exactly_once:
-            self._roll_back_uncommitted(consumer, partitions)
+        events = [p for p in partitions if p.topic == self.settings.topics.events]
+        if self.settings.exactly_once and events:
+            # the rollback check reads the committed offsets, which wait on a dead member's open
+            # transaction until the broker aborts it (up to its timeout): a callback must not
+            # block that long (audit B1), so the partitions stay paused until the loop has checked
+            consumer.incremental_assign(partitions)
+            consumer.pause(events)
+            self._unchecked |= {p.partition for p in events}
+            self._assignments += 1
+            self._check_at, self._check_timeout_s = 0.0, CHECK_TIMEOUT_S[0]
         self._assigned |= {(p.topic, p.partition) for p in partitions}
         self._assignment_changed()
 
-    def _roll_back_uncommitted(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Before fetching from a partition: undo the state a previous owner stored for a batch
-        whose transaction never committed (its outputs were aborted, so it is replayed whole)."""
-        assert self.store is not None
-        store = self.store
-        mine = [p for p in partitions if p.topic == self.settings.topics.events]
-        for tp in consumer.committed(mine, timeout=30) if mine else []:
-            committed = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
-            # a callback may not poll: a few tries, then the error stops the scorer before it
-            # could fetch from a partition whose state it could not check
-            restored = self._with_redis(
-                lambda tp=tp, committed=committed: store.rollback(tp.partition, committed), attempts=5
-            )
+    def _roll_back_uncommitted(self) -> None:
+        """Before fetching from a newly assigned partition (exactly-once): undo the state a
+        previous owner stored for a batch whose transaction never committed (its outputs were
+        aborted, so it is replayed whole). A partition whose committed offset is not stable yet
+        (a dead member's transaction still open) stays paused and is tried again shortly."""
+        assert self.consumer is not None and self.store is not None
+        if not self._unchecked or time.monotonic() < self._check_at:
+            return
+        topic, store, generation = self.settings.topics.events, self.store, self._assignments
+        waiting = [TopicPartition(topic, p) for p in sorted(self._unchecked)]
+        failure: object = None
+        try:
+            committed = self.consumer.committed(waiting, timeout=self._check_timeout_s)
+        except KafkaException as exc:
+            committed, failure = [], exc.args[0]
+        for tp in committed:
+            if tp.error is not None:
+                failure = tp.error
+                continue
+            offset = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
+            restored = self._with_redis(lambda tp=tp, offset=offset: store.rollback(tp.partition, offset))
             if restored >= 0:
                 log.warning("partition %d: rolled back %d windows of an uncommitted batch (committed offset %d)",
-                            tp.partition, restored, committed)
+                            tp.partition, restored, offset)
+            if self._assignments != generation:
+                return  # a rebalance while Redis was waited for: check the new assignment afresh
+            self._unchecked.discard(tp.partition)
+            self.consumer.resume([tp])
+        if self._unchecked:
+            if failure is not None and self._check_timeout_s == CHECK_TIMEOUT_S[0]:
+                log.warning("partitions %s wait for their committed offsets (%s): a previous owner's "
+                            "transaction is likely open until the broker aborts it", sorted(self._unchecked), failure)
+            self._check_timeout_s = min(self._check_timeout_s * 2, CHECK_TIMEOUT_S[1])
+            self._check_at = time.monotonic() + CHECK_EVERY_S
+        self.metrics.paused.labels("open_transaction").set(1 if self._unchecked else 0)
+
+    def _hold_unchecked(self, messages: list[Message]) -> list[Message]:
+        """Records of a partition not checked yet (fetched before its pause took hold) are
+        read again after the check, never scored before it."""
+        assert self.consumer is not None
+        topic = self.settings.topics.events
+        kept: list[Message] = []
+        first: dict[int, Message] = {}
+        for m in messages:
+            partition = m.partition()
+            if m.topic() == topic and partition is not None and partition in self._unchecked:
+                first.setdefault(partition, m)
+            else:
+                kept.append(m)
+        for m in first.values():
+            read_again_later(self.consumer, m)
+        return kept
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # whatever stays pending is stored later; a new owner of these partitions replays it
@@ -388,6 +442,7 @@ class Scorer:
     def _forget_clocks(self, partitions: list[TopicPartition]) -> None:
         for p in partitions:
             if p.topic == self.settings.topics.events:
+                self._unchecked.discard(p.partition)
                 self._clock.pop(p.partition, None)
                 self._clock_by_events.pop(p.partition, None)
 
@@ -441,7 +496,9 @@ class Scorer:
 
     def _resume(self) -> None:
         assert self.consumer is not None
-        assignment = self.consumer.assignment()
+        topic = self.settings.topics.events
+        assignment = [tp for tp in self.consumer.assignment()
+                      if not (tp.topic == topic and tp.partition in self._unchecked)]
         if assignment:
             self.consumer.resume(assignment)
 
@@ -478,6 +535,7 @@ class Scorer:
         """One batch through all stages."""
         assert self.consumer is not None and self.runner is not None
         self.health.beat()
+        self._roll_back_uncommitted()
         swapped = self.watcher.take()
         if swapped is not None:
             self._set_model(swapped)
@@ -510,6 +568,8 @@ class Scorer:
         # a revocation served while the batch gathered (MIN_BATCH > 1) leaves records of
         # partitions that are no longer ours: their new owner scores them
         messages = [m for m in messages if (m.topic(), m.partition()) in self._assigned]
+        if self._unchecked:
+            messages = self._hold_unchecked(messages)
         self._in_hand = messages
         self.metrics.batch_size.observe(len(messages))
         report = BatchReport(records=len(messages))
@@ -585,6 +645,7 @@ class Scorer:
                 self.settings.kafka_config(),
                 on_wait=self._keep_membership,
                 transactional_id=self.settings.transactional_id() if self.settings.exactly_once else None,
+                transaction_timeout_ms=self.settings.transaction_timeout_ms,
             )
         first: dict[tuple[str, int], int] = {}
         for msg in unsent:

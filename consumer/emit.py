@@ -23,6 +23,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from numpy.typing import NDArray
 
+from consumer import failpoints
 from state.errors import KafkaUnavailable
 from state.events import SCHEMA_VERSION
 
@@ -263,6 +264,9 @@ class Emitter:
             self._begin()
             if offsets:
                 self.producer.send_offsets_to_transaction(offsets, group, TRANSACTION_CALL_S)
+                # the window where the group's offsets are pending: a new owner's offset fetch
+                # waits until the transaction ends
+                failpoints.hit("offsets_in_transaction")
             self.producer.commit_transaction(TRANSACTION_CALL_S)
         except KafkaException as exc:
             error = exc.args[0]

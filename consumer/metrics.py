@@ -117,7 +117,7 @@ class Metrics:
             self.suppressed.labels(reason)
         for result in ("loaded", "refused", "fallback", "unreadable"):
             self.reloads.labels(result)
-        for reason in ("redis", "kafka"):
+        for reason in ("redis", "kafka", "open_transaction"):
             self.paused.labels(reason).set(0)
         self.stage_timers = {stage: self.stage.labels(stage) for stage in STAGES}
 

@@ -158,6 +158,14 @@ class Settings(BaseSettings):
         description="Stable across restarts of one instance (exactly_once: its transactional id); "
         "default host:metrics_port.",
     )
+    transaction_timeout_ms: int = Field(
+        default=60_000,
+        ge=1_000,
+        le=900_000,
+        description="exactly_once: how long a transaction may stay open. A member that dies mid-batch holds its "
+        "partitions (and read_committed readers) this long unless its instance restarts under the same id; "
+        "outputs wait this long for a broker before the batch is sent again.",
+    )
     workers: int = Field(
         default=1,
         ge=0,

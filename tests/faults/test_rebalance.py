@@ -133,43 +133,39 @@ def test_exactly_once_with_members_joining_and_leaving_commits_each_prediction_o
     assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events"
 
 
-def test_exactly_once_failover_to_another_member_after_a_sigkill(
+def test_exactly_once_failover_to_another_member_while_the_dead_ones_transaction_is_open(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
 ) -> None:
-    """A member killed with SIGKILL, its transaction likely open, and its partitions taken over by
-    another member with another transactional id (no fencing by a restart): the survivor must
-    stay up while the dead transaction is open (audit B1), and each event is committed once."""
+    """A member dies between sending its offsets to its transaction and committing it (a
+    failpoint: the window a SIGKILL only sometimes hits), and another instance, with another
+    transactional id, takes its partitions: their committed offsets stay unstable until the
+    broker aborts the dead transaction (its timeout, 60 s by default). The new owner must stay
+    up meanwhile (audit B1: it used to wait 30 s in the assignment callback, then exit), roll
+    back the dead batch's state, and commit each event once."""
     history = simulate(200, seed=47)
     logs = tmp_path / "faulted"
+    takeover: list[ScorerProcess] = []
 
-    def kill_one_of_two(a: ScorerProcess, _settings: Settings) -> list[ScorerProcess]:
-        started = [a]
-        try:
-            wait_for(lambda: a.metric("seqscore_predictions_total") > 100, timeout=60, what="stream flowing")
-            b = ScorerProcess(a.env, tiny_registry, logs / "scorer-b.log").start()
-            started.append(b)
-            b.wait_ready()
-            wait_for(lambda: assigned(a) + assigned(b) == PARTITIONS and assigned(b) > 0, timeout=60,
-                     what="b shares the partitions")
-            a.stop(signal.SIGKILL)
-            wait_for(lambda: assigned(b) == PARTITIONS, timeout=90, what="b owns every partition after a died")
-            scored = b.metric("seqscore_predictions_total")
-            wait_for(lambda: b.metric("seqscore_predictions_total") > scored, timeout=90, what="b scoring a's")
-            assert b.process is not None and b.process.poll() is None, b.log_path.read_text()[-3000:]
-            return [b]
-        except BaseException:
-            for scorer in started:
-                if scorer.process is not None and scorer.process.poll() is None:
-                    scorer.process.kill()
-            raise
+    def die_with_offsets_pending_then_take_over(a: ScorerProcess, _settings: Settings) -> ScorerProcess:
+        assert a.process is not None
+        assert a.process.wait(timeout=120) == 137, "the failpoint ends the first member"
+        env = {k: v for k, v in a.env.items() if k != "SEQSCORE_FAILPOINT"} | {"SEQSCORE_INSTANCE_ID": "b"}
+        monkeypatch.delenv("SEQSCORE_FAILPOINT")
+        b = ScorerProcess(env, tiny_registry, logs / "scorer-b.log").start()
+        takeover.append(b)
+        b.wait_ready()
+        return b
 
-    env = test_env | {"SEQSCORE_KAFKA__SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS,
-                      "SEQSCORE_PROCESSING_GUARANTEE": "exactly_once"}
+    env = test_env | {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once"}
     for name in ("clean", "faulted"):
         (tmp_path / name).mkdir()
     clean = scored_run(variant(env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch, rate=0)
-    faulted = scored_run(variant(env, unique, "f"), tiny_registry, history, logs, monkeypatch,
-                         fault=kill_one_of_two, rate=40)
+    dying = {"SEQSCORE_INSTANCE_ID": "a", "SEQSCORE_FAILPOINT": "offsets_in_transaction:40"}
+    faulted = scored_run(variant(env, unique, "f") | dying, tiny_registry, history, logs, monkeypatch,
+                         fault=die_with_offsets_pending_then_take_over, rate=40)
     assert_same_outcome(clean, faulted, history)
     repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
     assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events"
+    log = takeover[0].log_path.read_text()
+    assert "wait for their committed offsets" in log, "the dead transaction held the offsets"
+    assert "rolled back" in log, "the dead batch's stored state was undone"

@@ -90,7 +90,8 @@ def test_grafana_s_dashboard_schema_knows_every_field() -> None:
 
 K8S_KINDS = {
     "Namespace": "V1Namespace", "ConfigMap": "V1ConfigMap", "Secret": "V1Secret",
-    "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Deployment": "V1Deployment", "Service": "V1Service",
+    "PersistentVolumeClaim": "V1PersistentVolumeClaim", "Deployment": "V1Deployment",
+    "StatefulSet": "V1StatefulSet", "Service": "V1Service",
     "PodDisruptionBudget": "V1PodDisruptionBudget", "CronJob": "V1CronJob", "NetworkPolicy": "V1NetworkPolicy",
 }
 
@@ -133,9 +134,13 @@ def test_kubernetes_manifests_match_the_api_and_probe_the_scorer() -> None:
             k8s_object(K8S_KINDS[doc["kind"]], doc, f"{path.name}:{doc['kind']}")
             documents.append(doc)
     kinds = [d["kind"] for d in documents]
-    assert {"Deployment", "CronJob", "Secret", "ConfigMap"} <= set(kinds)
-    scorer = next(d for d in documents if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"StatefulSet", "CronJob", "Secret", "ConfigMap"} <= set(kinds)
+    scorer_set = next(d for d in documents if d["kind"] == "StatefulSet")
+    scorer = scorer_set["spec"]["template"]["spec"]["containers"][0]
     assert scorer["command"] == ["seqscore", "serve"]
+    # a restarted pod keeps its name, its instance id and so its transactional id (audit B1)
+    assert {"name": "SEQSCORE_INSTANCE_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in scorer["env"]
+    assert any(d["kind"] == "Service" and d["metadata"]["name"] == scorer_set["spec"]["serviceName"] for d in documents)
     assert scorer["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert scorer["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
