@@ -1104,7 +1104,9 @@ class Scorer:
                 write = self._score(EventBatch.empty(), [], report, moves)
                 self.emitter.wait_delivered(keep_membership=False)
                 self._with_redis(functools.partial(store.write, write))
-                clocks.update(moves)
+                # where the write left them: a step that found more due silences than one call
+                # takes stops short, and the next step goes on from there
+                clocks = self._with_redis(store.clocks)
                 total.silences += report.silences
                 total.alerts += report.alerts
                 if on_step is not None:

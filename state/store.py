@@ -364,6 +364,9 @@ class StateStore:
         write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
         write_args = list(args)
         write_args[4] = "w"
+        # as far as the preview moved the clocks: a page of due silences can stop one short
+        write_args[10] = self._clock_moves(EventBatch.empty(), dict(
+            zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True)))
         # with undo records the write reads what it replaces anyway: it applies the events
         read = None if self.keeps_undo else applied
         return applied, PendingWrite(write_keys, write_args, read, self.capacity)

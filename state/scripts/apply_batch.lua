@@ -247,9 +247,11 @@ end
 
 local status, tags, times, position, moved = {}, {}, {}, {}, {}
 local applied_of = {}  -- per customer: the events applied in this batch, to shift on a late insert
+local with_events = {}  -- partitions with events in this call
 for e = 1, n do
   local ci, part, off, ts, coarse, fine, tag = struct.unpack('<IIdIIII', EVENTS, (e - 1) * EV + 1)
   local s = state[ci]
+  with_events[part] = true
   tags[e], times[e] = tag, ts
   -- the customer's previous event came from another partition: two members may write it
   moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
@@ -295,25 +297,46 @@ end
 
 -- due: customers whose last event + a mark falls inside the clock's move (found before this
 -- call's writes, so 'rw' answers as 'r' does)
+-- Paging: a move without events that finds MAX_DUE customers at a mark stops the clock short
+-- of the customers at the newest silence start it found (or just past them, when they all
+-- share it): they and everyone after them are due at the next move, which starts where this
+-- one stopped. The reply's c1 says where; the caller's 'w' call moves the clock that far only.
 local due, due_names, due_found, n_first = {}, {}, {}, ncust
 if #marks > 0 and replies then
   for _, clock in ipairs(clocks) do
     local partition, c0, c1 = clock[1], clock[2], clock[3]
     if c1 > c0 then
+      local pages = {}
       for _, mark in ipairs(marks) do
         local found = redis.call('ZRANGEBYSCORE', quiet_key(partition), '(' .. (c0 - mark), c1 - mark,
           'WITHSCORES', 'LIMIT', 0, MAX_DUE)
-        for j = 1, #found, 2 do
-          local key = window_key(found[j])
-          local ci = index_of[key]
-          if not ci then
-            ncust = ncust + 1
-            ci = ncust
-            index_of[key] = ci
-            keys[ci] = {key, profile_key(found[j])}
-            due_names[#due_names + 1] = found[j]
+        if #found == 2 * MAX_DUE and not with_events[partition] then
+          local oldest, newest = tonumber(found[2]), tonumber(found[#found])
+          if newest > oldest then
+            clock[3] = math.min(clock[3], newest - 1 + mark)
+          else  -- one silence start for the whole page: take everyone at it, however many
+            found = redis.call('ZRANGEBYSCORE', quiet_key(partition), newest, newest, 'WITHSCORES')
+            clock[3] = math.min(clock[3], newest + mark)
           end
-          due_found[#due_found + 1] = {ci, partition, tonumber(found[j + 1]), mark}
+        end
+        pages[#pages + 1] = {mark, found}
+      end
+      c1 = clock[3]
+      for _, page in ipairs(pages) do
+        local mark, found = page[1], page[2]
+        for j = 1, #found, 2 do
+          if tonumber(found[j + 1]) + mark <= c1 then
+            local key = window_key(found[j])
+            local ci = index_of[key]
+            if not ci then
+              ncust = ncust + 1
+              ci = ncust
+              index_of[key] = ci
+              keys[ci] = {key, profile_key(found[j])}
+              due_names[#due_names + 1] = found[j]
+            end
+            due_found[#due_found + 1] = {ci, partition, tonumber(found[j + 1]), mark}
+          end
         end
       end
     end
@@ -374,9 +397,13 @@ if writes then
       end
     end
     for partition, u in pairs(undo) do
+      -- a write without events on the partition (a sweep, an idle clock move, silences) has no
+      -- offsets for a rollback to compare: its record would never apply, and replacing the
+      -- record of a write still waiting for its commit would leave that one without undo
+      if ends[partition] then
       local key = PREFIX .. ':undo:' .. partition
       redis.call('DEL', key)
-      local pairs_out = {'end', ends[partition] or -1}
+      local pairs_out = {'end', ends[partition]}
       for field, value in pairs(u) do
         pairs_out[#pairs_out + 1] = field
         pairs_out[#pairs_out + 1] = value
@@ -384,6 +411,7 @@ if writes then
       end
       if #pairs_out > 0 then redis.call('HSET', key, unpack(pairs_out)) end
       redis.call('EXPIRE', key, ttl)
+      end
     end
   end
   local quiet_of = {}

@@ -313,6 +313,35 @@ def test_silences_come_due_as_the_partition_clock_passes_their_marks(store: Stat
             store.client.delete(key)
 
 
+@pytest.mark.parametrize("starts", [100, 1], ids=["spread", "all-at-one-time"])
+def test_a_clock_move_past_more_silences_than_one_call_takes_pages_through_all(
+    store: StateStore, unique: str, starts: int
+) -> None:
+    """25,000 customers of one partition go quiet (audit B6: a move found at most 20,000 per
+    mark and moved the clock past the rest, which then never came due). Moves without events,
+    as the idle advance and `seqscore sweep` make, page through them: each customer once."""
+    quiet = StateStore(store.client, f"m{unique}", 6, 2 * DAY, 3600, silence_marks=(10 * DAY,))
+    customers = [f"c{i}" for i in range(25_000)]
+    rows = [(c, i, T0 + i % starts, "A", f"e{i}") for i, c in enumerate(customers)]
+    try:
+        quiet.apply(batch(rows))
+        target, seen, pages = T0 + 11 * DAY, [], []
+        while quiet.clocks()[0] < target:
+            applied, pending = quiet.preview(EventBatch.empty(), clocks={0: target})
+            quiet.write(pending)
+            seen += [applied.customers[c] for c in applied.due["customer"].tolist()]
+            pages.append(len(applied.due))
+            assert len(pages) <= 3, "each move makes progress"
+        assert len(seen) == len(set(seen)), "nobody twice"
+        assert set(seen) == set(customers), f"{len(customers) - len(set(seen))} silences never came due"
+        # spread: a first page short of the limit (the newest start's customers wait for the next);
+        # one start for all: all of them at once, however many
+        assert pages[0] == (19_750 if starts > 1 else 25_000)
+    finally:
+        for key in store.client.scan_iter(f"m{unique}:*"):
+            store.client.delete(key)
+
+
 def test_a_silence_score_writes_the_alert_state_only(store: StateStore, unique: str) -> None:
     """A customer scored for silence did nothing: the write sets its alert and prediction
     fields, but neither extends its retention nor brings back a window that expired."""
@@ -454,6 +483,25 @@ def test_a_write_whose_transaction_never_committed_is_rolled_back_whole(store: S
         assert undoing.rollback(0, committed_offset=4) == -1 and _snapshot(store.client, prefix) == after
         assert undoing.rollback(1, committed_offset=1) == -1, "partition 1's write committed (offset 0): it stands"
         assert store.client.exists(undoing.window_key("c"))
+    finally:
+        for key in store.client.scan_iter(f"{prefix}:*"):
+            store.client.delete(key)
+
+
+def test_a_sweep_between_a_write_and_its_commit_leaves_the_rollback_whole(store: StateStore, unique: str) -> None:
+    """`seqscore sweep` moves a served partition's clock while the serving member's last write
+    waits for its commit (audit B3): the sweep's write, without events, used to replace that
+    write's undo record with one no rollback applies, so a crash then left state without outputs."""
+    prefix = f"s{unique}"
+    undoing = StateStore(store.client, prefix, 6, 2 * DAY, 3600, silence_marks=(10 * DAY,), keeps_undo=True)
+    sweeping = StateStore(store.client, prefix, 6, 2 * DAY, 3600, silence_marks=(10 * DAY,), keeps_undo=True)
+    try:
+        undoing.apply(batch([("a", 0, T0, "A", "e0")]))
+        before = _snapshot(store.client, prefix)
+        undoing.apply(batch([("a", 1, T0 + DAY, "A", "e1"), ("b", 2, T0 + DAY, "B", "e2")]))
+        sweeping.apply(EventBatch.empty(), clocks={0: T0 + 12 * DAY})  # passes a's mark
+        assert undoing.rollback(0, committed_offset=1) == 2, "a's and b's windows restored"
+        assert _snapshot(store.client, prefix) == before, "as before the uncommitted write"
     finally:
         for key in store.client.scan_iter(f"{prefix}:*"):
             store.client.delete(key)
