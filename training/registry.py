@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,13 @@ MANIFEST_FILE = "manifest.json"
 PROMOTIONS = "promotions.log"
 # 2: time-of-day and day-of-week step features, the n-gram residual and the monotone churn head
 MODEL_FORMAT = 2
+# what a version may take before anything of it is parsed or built: a registry a scorer reads
+# is trusted to hold models, not to hold nothing worse (a zip bomb, a layer of absurd size)
+MAX_MANIFEST_BYTES = 16 << 20
+MAX_MODEL_BYTES = 1 << 30  # the model file's entries, uncompressed, as its zip directory declares them
+WEIGHTS_ENTRY = "model.weights.h5"
+WEIGHTS_SLACK_BYTES = 1 << 20  # the weights file's own structure, beyond the weights
+RECURRENT_LAYERS = {"LSTM", "GRU", "SimpleRNN"}
 
 
 class Registry:
@@ -135,6 +143,7 @@ def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
 
     import training.layers  # noqa: F401  (registers the model's own layers for safe-mode loading)
 
+    check_sizes(model_dir)
     manifest = json.loads((model_dir / MANIFEST_FILE).read_text())
     if manifest.get("format") != MODEL_FORMAT:
         raise ConfigError(
@@ -143,3 +152,48 @@ def load_model(model_dir: Path) -> tuple[Any, dict[str, Any]]:
         )
     model = keras.saving.load_model(model_dir / MODEL_FILE, compile=False, safe_mode=True)
     return model, manifest
+
+
+def check_sizes(model_dir: Path) -> None:
+    """Refuse, before loading, a version whose files would take more memory than a model of
+    its own weights: a manifest or model file past its cap, or layers whose configured sizes
+    need more weights than the weights file holds (building them would allocate that much)."""
+    manifest_bytes = (model_dir / MANIFEST_FILE).stat().st_size
+    if manifest_bytes > MAX_MANIFEST_BYTES:
+        raise ConfigError(f"{model_dir}: {MANIFEST_FILE} is {manifest_bytes:,} bytes, more than {MAX_MANIFEST_BYTES:,}")
+    try:
+        with zipfile.ZipFile(model_dir / MODEL_FILE) as archive:
+            entries = {info.filename: info.file_size for info in archive.infolist()}
+            declared = sum(entries.values())
+            if declared > MAX_MODEL_BYTES:
+                raise ConfigError(
+                    f"{model_dir}: {MODEL_FILE} unpacks to {declared:,} bytes, more than {MAX_MODEL_BYTES:,}"
+                )
+            config = json.loads(archive.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, ValueError) as exc:
+        raise ConfigError(f"{model_dir}: {MODEL_FILE} is not a Keras model file: {exc}") from exc
+    needed = _weight_bytes_needed(config)
+    held = entries.get(WEIGHTS_ENTRY, 0)
+    if needed > held + WEIGHTS_SLACK_BYTES:
+        raise ConfigError(
+            f"{model_dir}: its layers' sizes need at least {needed:,} bytes of weights, and {MODEL_FILE} holds {held:,}"
+        )
+
+
+def _weight_bytes_needed(config: object) -> int:
+    """A lower bound on the float32 weights the layers of a Keras config create when built:
+    an embedding's table, a recurrent layer's square recurrent kernel, any layer's units."""
+    if isinstance(config, list):
+        return sum(_weight_bytes_needed(item) for item in config)
+    if not isinstance(config, dict):
+        return 0
+    total = sum(_weight_bytes_needed(value) for value in config.values())
+    layer = config.get("config")
+    if isinstance(layer, dict):
+        sizes = {k: v for k, v in layer.items() if isinstance(v, int) and not isinstance(v, bool)}
+        if "input_dim" in sizes and "output_dim" in sizes:
+            total += 4 * sizes["input_dim"] * sizes["output_dim"]
+        if "units" in sizes:
+            units = sizes["units"]
+            total += 4 * units * units if config.get("class_name") in RECURRENT_LAYERS else 4 * units
+    return total

@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from consumer import app
 from consumer.app import ModelWatcher
 from consumer.metrics import Metrics
-from consumer.scoring import ModelRefused
+from consumer.scoring import ModelRefused, ModelRunner
 from consumer.settings import ModelSettings
 from tests.registry_copies import copy_version
+from training import registry as registry_module
 from training.registry import Registry
 
 
@@ -115,3 +119,59 @@ def test_a_refused_version_is_tried_again_after_a_while(
     watcher.poll_once()
     runner = watcher.take()
     assert runner is not None and runner.version == fixed_later
+
+
+def _with_config(version: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    """Rewrite the version's model file with its Keras config changed by `change`."""
+    path = version / "model.keras"
+    with zipfile.ZipFile(path) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(entries["config.json"])
+    change(config)
+    entries["config.json"] = json.dumps(config).encode()
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def _layers(config: object) -> Iterator[dict[str, Any]]:
+    if isinstance(config, dict):
+        if isinstance(config.get("config"), dict) and "class_name" in config:
+            yield config
+        for value in config.values():
+            yield from _layers(value)
+    elif isinstance(config, list):
+        for item in config:
+            yield from _layers(item)
+
+
+def test_a_version_whose_layers_would_not_fit_in_memory_is_refused_before_it_is_built(
+    registry: tuple[Registry, str]
+) -> None:
+    """Audit B7: a config with an embedding of 10^9 x 10^4 floats (40 TB) used to be built, and the
+    scorer OOM-killed; it is refused from the config and the size of the weights file alone."""
+    reg, good = registry
+    version = copy_version(reg.path(good), reg.root / "99990101T000000Z")
+
+    def absurd(config: dict[str, Any]) -> None:
+        embedding = next(layer for layer in _layers(config) if layer["class_name"] == "Embedding")
+        embedding["config"]["input_dim"], embedding["config"]["output_dim"] = 10**9, 10**4
+
+    _with_config(version, absurd)
+    with pytest.raises(ModelRefused, match=r"need at least 40,000,000,\d{3},\d{3} bytes of weights"):
+        ModelRunner(version)
+    ModelRunner(reg.path(good))  # the real one passes the same check
+
+
+def test_a_model_file_or_manifest_past_its_cap_is_refused_unread(
+    registry: tuple[Registry, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A zip bomb: the caps apply to what the zip directory declares, before anything is unpacked."""
+    reg, good = registry
+    monkeypatch.setattr(registry_module, "MAX_MODEL_BYTES", 100_000)
+    with pytest.raises(ModelRefused, match=r"unpacks to .* bytes, more than 100,000"):
+        ModelRunner(reg.path(good))
+    monkeypatch.setattr(registry_module, "MAX_MODEL_BYTES", 1 << 30)
+    monkeypatch.setattr(registry_module, "MAX_MANIFEST_BYTES", 1_000)
+    with pytest.raises(ModelRefused, match=r"manifest\.json is .* bytes, more than 1,000"):
+        ModelRunner(reg.path(good))
