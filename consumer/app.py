@@ -59,6 +59,7 @@ from state.store import (
     APPLIED,
     FLAG_ALERTED,
     LATE_INSERTED,
+    REPLAY,
     STATUS_NAMES,
     TOO_LATE,
     UPDATE_ARG_DTYPE,
@@ -776,6 +777,8 @@ class Scorer:
         for status, name in enumerate(STATUS_NAMES):
             if counts[status]:
                 self.metrics.state.labels(name).inc(int(counts[status]))
+        if counts[REPLAY]:
+            self._report_offsets_behind_state(applied, events)
         self._clocks_moved(applied, events)
 
         t = time.perf_counter()
@@ -952,6 +955,16 @@ class Scorer:
         updates["pred_risk"] = risk[last]
         updates["pred_ts"] = ts[last]
         return updates
+
+    def _report_offsets_behind_state(self, applied: AppliedBatch, events: EventBatch) -> None:
+        behind = applied.behind_state()
+        for partition in np.unique(events.partition[behind]).tolist():
+            rows = behind & (events.partition == partition)
+            self.metrics.offsets_behind_state.labels(str(partition)).inc(int(rows.sum()))
+            log.warning("partition %d: %d events at offsets %d..%d are behind what the state holds for their "
+                        "customers and not in their windows: a re-created topic or an offset reset? They are not "
+                        "applied (docs/serving.md, 'Offsets behind the state')", partition, int(rows.sum()),
+                        int(events.offset[rows].min()), int(events.offset[rows].max()))
 
     def _clocks_moved(self, applied: AppliedBatch, events: EventBatch) -> None:
         """Remember each partition's clock, and when events last moved it (idle advance)."""

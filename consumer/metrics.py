@@ -45,6 +45,13 @@ class Metrics:
         self.silence_scored = Counter(
             "seqscore_silence_scored_total", "Silent customers scored as their silence crossed a mark.", registry=r
         )
+        self.offsets_behind_state = Counter(
+            "seqscore_offsets_behind_state_total",
+            "Events at offsets the state already passed, not found in their windows (a re-created topic, "
+            "an offset reset); not applied.",
+            ["partition"],
+            registry=r,
+        )
         self.partition_changes = Counter(
             "seqscore_customer_partition_changes_total",
             "Events whose customer's previous event came from another partition (keyed by something "

@@ -138,6 +138,14 @@ class AppliedBatch:
     # keys by something else, partitions added): members may then overwrite each other's state
     moved: NDArray[np.bool_]
 
+    def behind_state(self) -> NDArray[np.bool_]:
+        """Per event: a replay (its offset at or below what its customer's window holds) that is
+        not in the window, of a customer not erased. A replay after a crash or a rebalance is
+        found by its tag unless trimmed away; this is what a re-created topic or an offset reset
+        looks like: new events at offsets the state has already passed, which are not applied."""
+        flags = self.headers["flags"][self.customer_index]
+        return (self.status == REPLAY) & (self.position == 0) & ((flags & FLAG_ERASED) == 0)
+
     def windows(
         self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
     ) -> tuple[RawWindows, NDArray[np.bool_]]:

@@ -505,3 +505,16 @@ def test_a_sweep_between_a_write_and_its_commit_leaves_the_rollback_whole(store:
     finally:
         for key in store.client.scan_iter(f"{prefix}:*"):
             store.client.delete(key)
+
+
+def test_new_events_at_offsets_the_state_has_passed_are_told_apart_from_replays(store: StateStore) -> None:
+    """Audit B5: after a topic is re-created (or its offsets reset), new events come at offsets
+    the windows already passed and are taken for replays. A replay is found in its window by its
+    tag; these are not, and `behind_state` says so (the scorer counts and logs them)."""
+    store.apply(batch([("a", 10, T0, "A", "e10"), ("a", 11, T0 + 60, "B", "e11"), ("b", 12, T0, "A", "e12")]))
+    store.erase("b", 0, 13)
+    seen = store.apply(batch([("a", 11, T0 + 60, "B", "e11"),  # a replay after a crash
+                              ("a", 0, T0 + 120, "C", "new0"),  # offset 0 of a re-created topic
+                              ("b", 12, T0, "A", "e12")]))  # a replay of an erased customer's event
+    assert seen.status.tolist() == [REPLAY, REPLAY, REPLAY]
+    assert seen.behind_state().tolist() == [False, True, False]
