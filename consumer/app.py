@@ -54,7 +54,7 @@ from consumer.settings import ModelSettings, Settings
 from consumer.source import EventDecoder, next_offsets, poll_batch, read_again_later
 from consumer.topics import dead_letter_limit, ensure_topics
 from state.encoding import activity_codes, encode
-from state.errors import KafkaUnavailable
+from state.errors import Fenced, KafkaUnavailable
 from state.store import (
     APPLIED,
     FLAG_ALERTED,
@@ -392,6 +392,8 @@ class Scorer:
                 failure = tp.error
                 continue
             offset = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
+            # claimed first: a former owner's late write can then no longer land after the check
+            self._with_redis(lambda tp=tp: store.claim(tp.partition))
             restored = self._with_redis(lambda tp=tp, offset=offset: store.rollback(tp.partition, offset))
             if restored >= 0:
                 log.warning("partition %d: rolled back %d windows of an uncommitted batch (committed offset %d)",
@@ -430,7 +432,7 @@ class Scorer:
         # against either state consistently (the write is idempotent)
         if not self._abandoned:
             stored = self._flush_pending_unless_failed(attempts=3)
-            if not stored and self.settings.exactly_once:
+            if not stored and self.settings.exactly_once and not self._lost:
                 # its outputs sit in the open transaction; carrying on would commit them with the
                 # next batch while the partitions' new owner replays them: stop, let it abort
                 raise StopServing("exactly-once: a revoked batch could not be stored")
@@ -444,6 +446,8 @@ class Scorer:
         for p in partitions:
             if p.topic == self.settings.topics.events:
                 self._unchecked.discard(p.partition)
+                if self.store is not None:
+                    self.store.claims.pop(p.partition, None)
                 self._clock.pop(p.partition, None)
                 self._clock_by_events.pop(p.partition, None)
 
@@ -521,6 +525,10 @@ class Scorer:
                 except DeliveryFailed as exc:
                     self._send_again_after(exc)
                 except PartitionsLost:
+                    self._replay_after_loss()
+                except Fenced as exc:
+                    # paused (GC, a frozen VM) past its session: another member owns the partitions
+                    log.warning("%s: this member was replaced while it was paused", exc)
                     self._replay_after_loss()
         except StopServing as exc:
             # waiting for the outage to end would hold the stop for as long as it lasts
@@ -677,6 +685,10 @@ class Scorer:
         except DeliveryFailed as exc:
             log.error("%s: the last batch is neither stored nor committed", exc)
             return False
+        except Fenced as exc:
+            log.warning("%s: the last batch is void", exc)
+            self._lost = True  # as if its partitions were lost: the loop drops it and aborts
+            return False
 
     def _flush_pending(self, attempts: int | None = None) -> bool:
         """Store the last batch's state, then its offsets. With `attempts`, give up after that
@@ -762,6 +774,8 @@ class Scorer:
             owned = np.flatnonzero(self._owned_rows(events))
             events, event_ids = events.take(owned), [event_ids[i] for i in owned.tolist()]
         before = pending[0] if pending is not None else None
+        if before is not None:
+            failpoints.hit("acknowledged_before_stored")  # where a paused member's late write comes from
         t = time.perf_counter()
         # one round trip: store the previous batch (its outputs are acknowledged), read this one
         applied, write = self._with_redis(lambda: store.preview(events, before, clocks))

@@ -22,3 +22,8 @@ class InvalidEvent(SeqscoreError):
 
 class KafkaUnavailable(SeqscoreError):
     """The broker did not answer in time, or refused a delivery."""
+
+
+class Fenced(SeqscoreError):
+    """A write for partitions another member has claimed since (exactly-once): this member is a
+    zombie for them, and what it has not committed is void."""

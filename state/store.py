@@ -34,6 +34,7 @@ from numpy.typing import NDArray
 from redis.client import Pipeline
 
 from state.encoding import RawWindows, window_index
+from state.errors import Fenced
 
 HEADER_DTYPE = np.dtype(  # as the script returns it
     [
@@ -84,6 +85,7 @@ FLAG_ALERTED = 1
 FLAG_ERASED = 2  # a tombstone window: see erase()
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
+FENCED = -1  # a write's reply when another member claimed its partitions since (apply_batch.lua, "Owners")
 STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
 
 
@@ -337,6 +339,8 @@ class StateStore:
         self.lateness = lateness_seconds
         self.ttl = ttl_seconds
         self.keeps_undo = keeps_undo
+        # exactly-once: the owner generation this member claimed per partition (see claim)
+        self.claims: dict[int, int] = {}
         scripts = resources.files("state").joinpath("scripts")
         self._apply = client.register_script(scripts.joinpath("apply_batch.lua").read_text())
         self._rollback = client.register_script(scripts.joinpath("rollback.lua").read_text())
@@ -350,7 +354,10 @@ class StateStore:
     def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
         """Apply and store the batch in one round trip; return every event's window position."""
         customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
-        return self._applied(customers, customer_index, self._apply(keys=keys, args=args))
+        reply = self._apply(keys=keys, args=args)
+        if reply == FENCED:
+            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
+        return self._applied(customers, customer_index, reply)
 
     def preview(
         self, batch: EventBatch, before: PendingWrite | None = None, clocks: dict[int, int] | None = None
@@ -367,7 +374,10 @@ class StateStore:
                 self._queue_write(pipe, before)
             pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
 
-        applied = self._applied(customers, customer_index, self._execute(queue)[-1])
+        replies = self._execute(queue)
+        if before is not None and replies[0] == FENCED:
+            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
+        applied = self._applied(customers, customer_index, replies[-1])
         extra = applied.customers[len(customers) :]
         write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
         write_args = list(args)
@@ -383,7 +393,18 @@ class StateStore:
         """Store a previewed batch (idempotent: storing it twice changes nothing). True when the
         windows the preview computed were stored as they are, False when the events were
         applied again (another writer touched the partitions, or undo records are kept)."""
-        return bool(self._execute(lambda pipe: self._queue_write(pipe, pending))[0] == 1)
+        stored = self._execute(lambda pipe: self._queue_write(pipe, pending))[0]
+        if stored == FENCED:
+            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
+        return bool(stored == 1)
+
+    def claim(self, partition: int) -> int:
+        """Make this member the partition's owner (exactly-once), before it checks the undo
+        record: a write of any former owner is refused from now on (apply_batch.lua, "Owners").
+        Returns the new generation, which this member's writes carry."""
+        generation = int(self.client.hincrby(f"{self.prefix}:owner", str(partition), 1))
+        self.claims[partition] = generation
+        return generation
 
     def _queue_write(self, pipe: Pipeline, pending: PendingWrite) -> None:
         pipe.evalsha(self._apply.sha, len(pending.keys), *pending.keys, *pending.script_args())
@@ -419,7 +440,8 @@ class StateStore:
         packed["fine"] = batch.fine
         packed["tag"] = batch.tag
         head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
-        undo = "1" if self.keeps_undo else ""
+        claims = np.array(sorted(self.claims.items()), dtype="<u4").reshape(-1, 2).tobytes()
+        undo = b"1" + claims if self.keeps_undo else b""
         args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo,
                 len(customers)]
         return customers, customer_index, keys, args

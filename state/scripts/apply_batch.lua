@@ -10,7 +10,10 @@
 --       churn risk, prediction ts), 9 key prefix, 10 silence marks: packed '<I' seconds,
 --       ascending (empty: silence is not tracked), 11 clocks: packed '<II' (partition, event
 --       time the partition's clock moves to, at least), 12 undo: '1' keeps, with a 'w' write,
---       an undo record per partition it touches (exactly-once serving; see below), else '',
+--       an undo record per partition it touches (exactly-once serving; see below), else '';
+--       after the '1', the writer's claims: packed '<II' (partition, owner generation), and a
+--       write whose partitions are not all claimed by it at their current generation is
+--       refused whole, returning -1 (fenced; see "Owners" below),
 --       13 the number of customers with events in this batch (KEYS beyond them: customers
 --       scored for their silence, in 'w' mode, whose only change is their alert state),
 --       14-16 optional, 'w' only: the write precomputed from the 'r' reply (see below).
@@ -52,6 +55,12 @@
 -- A member given the partition rolls it back (rollback.lua) when its committed offset is below
 -- 'end': the transaction holding that write's outputs and offsets never committed.
 --
+-- Owners (exactly-once): {prefix}:owner holds a generation per partition, moved by each member
+-- that is given the partition, before it checks the partition's undo record. A member paused
+-- (GC, a frozen VM) past its session still holds the claim it made; its late write carries that
+-- old generation and is refused, so it can neither store a batch its successor then takes for a
+-- replay (and emits nothing for) nor overwrite what the successor stored.
+--
 -- Per event: 0 applied, 1 replay (offset already applied: nothing changes), 2 duplicate
 -- event_id (ignored), 3 late but inserted in event-time order, 4 too late (beyond the
 -- lateness bound: not stored). Position: the event's record index (1-based) in the returned
@@ -76,7 +85,8 @@ local capacity, lateness, ttl, n = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumbe
 local writes, replies = string.find(ARGV[5], 'w', 1, true) ~= nil, string.find(ARGV[5], 'r', 1, true) ~= nil
 local n_updates = tonumber(ARGV[6])
 local EVENTS, UPDATES, PREFIX, MARKS, CLOCKS = ARGV[7], ARGV[8], ARGV[9], ARGV[10], ARGV[11]
-local keeps_undo = ARGV[12] == '1'
+local keeps_undo = string.sub(ARGV[12], 1, 1) == '1'
+local CLAIMS = string.sub(ARGV[12], 2)
 local n_own = tonumber(ARGV[13])
 local EV, UPD = 32, 28
 local ncust = #KEYS / 2
@@ -125,6 +135,18 @@ for k = 1, #CLOCKS / 8 do
   local partition, floor = struct.unpack('<II', CLOCKS, (k - 1) * 8 + 1)
   local stored = tonumber(redis.call('HGET', clock_key, partition)) or 0
   clocks[k] = {partition, stored, math.max(floor, stored)}
+end
+
+if writes and #CLAIMS > 0 then
+  local claimed = {}
+  for k = 1, #CLAIMS / 8 do
+    local partition, generation = struct.unpack('<II', CLAIMS, (k - 1) * 8 + 1)
+    claimed[partition] = generation
+  end
+  for _, clock in ipairs(clocks) do
+    local current = tonumber(redis.call('HGET', PREFIX .. ':owner', clock[1])) or 0
+    if claimed[clock[1]] ~= current then return -1 end
+  end
 end
 
 local function note_quiet(quiet_of, partition, last_ts, key)

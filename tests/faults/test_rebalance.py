@@ -169,3 +169,55 @@ def test_exactly_once_failover_to_another_member_while_the_dead_ones_transaction
     log = takeover[0].log_path.read_text()
     assert "wait for their committed offsets" in log, "the dead transaction held the offsets"
     assert "rolled back" in log, "the dead batch's stored state was undone"
+
+
+def test_exactly_once_member_frozen_before_storing_its_batch_and_thawed_after_a_takeover(
+    test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str
+) -> None:
+    """A member freezes (SIGSTOP, as a long GC pause or a frozen VM would) with a batch's outputs
+    acknowledged in its open transaction and its state not yet stored (a failpoint). Another
+    instance takes its partitions, and then the frozen one thaws and stores late (audit B2). Its
+    write is refused, its batch void, and each event is committed once, equal to a clean run."""
+    history = simulate(200, seed=48)
+    logs = tmp_path / "faulted"
+    members: list[ScorerProcess] = []
+
+    def freeze_then_take_over_then_thaw(a: ScorerProcess, _settings: Settings) -> list[ScorerProcess]:
+        assert a.process is not None
+        members.append(a)
+        wait_for(lambda: frozen(a), timeout=120, what="the failpoint freezes the first member")
+        env = {k: v for k, v in a.env.items() if k != "SEQSCORE_FAILPOINT"} | {"SEQSCORE_INSTANCE_ID": "b"}
+        monkeypatch.delenv("SEQSCORE_FAILPOINT")
+        b = ScorerProcess(env, tiny_registry, logs / "scorer-b.log").start()
+        members.append(b)
+        b.wait_ready()
+        wait_for(lambda: assigned(b) == PARTITIONS, timeout=90, what="b owns every partition of the frozen member")
+        wait_for(lambda: b.metric("seqscore_predictions_total") > 0, timeout=90, what="b scoring")
+        a.process.send_signal(signal.SIGCONT)
+        wait_for(lambda: "replaced while it was paused" in a.log_path.read_text(), timeout=90,
+                 what="the thawed member's late write refused")
+        return members
+
+    env = test_env | {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once",
+                      "SEQSCORE_KAFKA__SESSION_TIMEOUT_MS": SESSION_TIMEOUT_MS}
+    for name in ("clean", "faulted"):
+        (tmp_path / name).mkdir()
+    clean = scored_run(variant(env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch, rate=0)
+    freezing = {"SEQSCORE_INSTANCE_ID": "a", "SEQSCORE_FAILPOINT": "acknowledged_before_stored:40:stop"}
+    try:
+        faulted = scored_run(variant(env, unique, "f") | freezing, tiny_registry, history, logs, monkeypatch,
+                             fault=freeze_then_take_over_then_thaw, rate=40)
+    finally:
+        for member in members:  # a frozen process ignores SIGTERM and SIGKILL waits for nothing
+            if member.process is not None and member.process.poll() is None:
+                member.process.send_signal(signal.SIGCONT)
+    assert_same_outcome(clean, faulted, history)
+    repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
+    assert not repeated, f"read_committed saw more than one prediction for {len(repeated)} events"
+
+
+def frozen(scorer: ScorerProcess) -> bool:
+    """The process is stopped (state T in /proc), as SIGSTOP leaves it."""
+    assert scorer.process is not None
+    stat = Path(f"/proc/{scorer.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0] == "T"

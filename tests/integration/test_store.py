@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from state.encoding import activity_code, gather_windows
+from state.errors import Fenced
 from state.store import (
     APPLIED,
     DUPLICATE,
@@ -518,3 +519,33 @@ def test_new_events_at_offsets_the_state_has_passed_are_told_apart_from_replays(
                               ("b", 12, T0, "A", "e12")]))  # a replay of an erased customer's event
     assert seen.status.tolist() == [REPLAY, REPLAY, REPLAY]
     assert seen.behind_state().tolist() == [False, True, False]
+
+
+def test_a_late_write_of_a_member_replaced_while_paused_is_refused(store: StateStore, unique: str) -> None:
+    """Audit B2: a member paused past its session (GC, a frozen VM) stores its batch after the
+    partition's new owner checked it. The new owner then took the batch for a replay and emitted
+    nothing, while the paused member's transaction was aborted: outputs lost. Each owner claims
+    the partition before its check, and the former owner's late write is refused."""
+    prefix = f"z{unique}"
+    paused = StateStore(store.client, prefix, 6, 2 * DAY, 3600, keeps_undo=True)
+    successor = StateStore(store.client, prefix, 6, 2 * DAY, 3600, keeps_undo=True)
+    try:
+        paused.claim(0)
+        paused.apply(batch([("a", 0, T0, "A", "e0")]))  # committed
+        late = batch([("a", 1, T0 + 60, "B", "e1")])
+        _, pending = paused.preview(late)  # scored and sent; the member freezes before storing it
+        assert successor.claim(0) == 2
+        assert successor.rollback(0, committed_offset=1) == -1, "nothing uncommitted was stored"
+        with pytest.raises(Fenced):
+            paused.write(pending)
+        with pytest.raises(Fenced):
+            paused.preview(late, before=pending)
+        seen, written = successor.preview(late)
+        assert seen.status.tolist() == [APPLIED], "the successor scores the batch and emits it"
+        successor.write(written)
+        assert successor.raw_value("a") is not None and paused.claims == {0: 1}
+        unfenced = StateStore(store.client, prefix, 6, 2 * DAY, 3600, keeps_undo=True)
+        unfenced.apply(EventBatch.empty(), clocks={0: T0 + DAY})  # a writer without claims (a sweep) is not fenced
+    finally:
+        for key in store.client.scan_iter(f"{prefix}:*"):
+            store.client.delete(key)
