@@ -549,3 +549,15 @@ def test_a_late_write_of_a_member_replaced_while_paused_is_refused(store: StateS
     finally:
         for key in store.client.scan_iter(f"{prefix}:*"):
             store.client.delete(key)
+
+
+def test_two_event_ids_with_the_same_crc32_are_two_events(store: StateStore) -> None:
+    """Audit A15.2: "plumless" and "buckeroo" share a CRC32 (1306201125), so the second event
+    was dropped as a repeat of the first, with no prediction, and such ids are easy to make. A
+    repeat must now match the stored event's time as well as its tag."""
+    first = store.apply(batch([("a", 0, T0, "A", "plumless")]))
+    second = store.apply(batch([("a", 1, T0 + 60, "B", "buckeroo")]))
+    repeated = store.apply(batch([("a", 2, T0 + 60, "B", "buckeroo"), ("a", 3, T0, "A", "plumless")]))
+    assert (first.status.tolist(), second.status.tolist()) == ([APPLIED], [APPLIED])
+    assert repeated.status.tolist() == [DUPLICATE, DUPLICATE], "a producer's retry is still one event"
+    assert int(repeated.headers["count"][0]) == 2
