@@ -103,13 +103,14 @@ def variant(test_env: dict[str, str], unique: str, suffix: str) -> dict[str, str
 
 def redis_state(url: str, prefix: str) -> dict[str, object]:
     """Every key of the prefix: values, silence sets (member, score) and clocks. Not the undo
-    records of exactly-once serving nor the partitions' write versions: they hold whatever the
-    last batch replaced and how many writes there were, and batches are cut differently in
-    every run."""
+    records of exactly-once serving, the partitions' write versions nor their owner
+    generations: they hold whatever the last batch replaced, how many writes and how many
+    assignments there were, and batches are cut and partitions moved differently in every run."""
     client = redis.Redis.from_url(url)
     state: dict[str, object] = {}
     for key in client.scan_iter(f"{prefix}:*"):
-        if key.startswith(f"{prefix}:undo:".encode()) or key == f"{prefix}:version".encode():
+        if key.startswith(f"{prefix}:undo:".encode()) or key in (f"{prefix}:version".encode(),
+                                                                   f"{prefix}:owner".encode()):
             continue
         kind = client.type(key)
         name = key.decode().split(":", 1)[1]
