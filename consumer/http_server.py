@@ -31,6 +31,11 @@ SLOW_PAGES = 2  # concurrent requests of pages marked slow
 class GuardedHTTPServer(HTTPServer):
     """An HTTPServer whose `serve_forever` runs the accept-and-watch loop described above."""
 
+    # the listen backlog: socketserver's 5 made a burst of connections wait on the kernel's SYN
+    # retries (1, 3, 7, 15 s ...) whenever the accept loop fell a few behind; the kernel caps
+    # it at net.core.somaxconn
+    request_queue_size = 1024
+
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
         super().__init__(address, handler)
         self.socket.setblocking(False)
