@@ -131,6 +131,7 @@ class FakeConsumer:
 class FakeStore:
     def __init__(self) -> None:
         self.writes: list[object] = []
+        self.claims: dict[int, int] = {}  # StateStore's owner claims (exactly-once)
 
     def write(self, write: object) -> None:
         self.writes.append(write)
