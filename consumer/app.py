@@ -259,6 +259,7 @@ class Scorer:
         self._dlq_limit = 0  # the most a dead letter may take, read from the DLQ topic at start
         self._delivery_retry_s = DELIVERY_RETRY_S[0]
         self._lost = False  # partitions were lost (not revoked): what is pending or in hand is void
+        self._held_back: dict[int, int] = {}  # events partition -> first offset read again (paging)
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -330,6 +331,7 @@ class Scorer:
             s.state.retention_days * 86_400,
             silence.marks_for(s.silence.marks_days, self.runner.horizon_days) if s.silence.enabled else (),
             keeps_undo=s.exactly_once,
+            max_due=s.silence.max_due,
         )
 
     def _set_model(self, runner: ModelRunner) -> None:
@@ -409,6 +411,22 @@ class Scorer:
             self._check_timeout_s = min(self._check_timeout_s * 2, CHECK_TIMEOUT_S[1])
             self._check_at = time.monotonic() + CHECK_EVERY_S
         self.metrics.paused.labels("open_transaction").set(1 if self._unchecked else 0)
+
+    def _hold_back(
+        self, messages: list[Message], invalid: list[tuple[Message, str, str]]
+    ) -> tuple[list[Message], list[tuple[Message, str, str]]]:
+        """The records of partitions whose events were held back (`_read_in_pages`) from the first
+        held one on: neither committed nor dead-lettered now; read again from there."""
+        topic, held = self.settings.topics.events, self._held_back
+        self._held_back = {}
+
+        def later(m: Message) -> bool:
+            partition, offset = m.partition(), m.offset()
+            return (m.topic() == topic and partition in held and offset is not None
+                    and offset >= held[partition])
+
+        self._seek_back({(topic, p): offset for p, offset in held.items()})
+        return [m for m in messages if not later(m)], [d for d in invalid if not later(d[0])]
 
     def _hold_unchecked(self, messages: list[Message]) -> list[Message]:
         """Records of a partition not checked yet (fetched before its pause took hold) are
@@ -596,6 +614,8 @@ class Scorer:
         write = self._score(decoded.events, decoded.event_ids, report) if len(decoded.events) else None
         if write is None:
             self._flush_pending()
+        if self._held_back:
+            messages, decoded.invalid = self._hold_back(messages, decoded.invalid)
         # after the previous batch was committed, so that (exactly-once) its transaction holds
         # its own dead letters only
         for msg, reason, detail in decoded.invalid:
@@ -782,6 +802,8 @@ class Scorer:
         timers["state"].observe(time.perf_counter() - t)
         if pending is not None and self._pending is pending:
             self._offsets_stored_after(pending[1])
+        if len(applied.deferred):
+            events, event_ids, applied, write = self._read_in_pages(applied, events, event_ids, clocks)
         moved = int(applied.moved.sum())
         if moved:
             self.metrics.partition_changes.inc(moved)
@@ -969,6 +991,41 @@ class Scorer:
         updates["pred_risk"] = risk[last]
         updates["pred_ts"] = ts[last]
         return updates
+
+    def _read_in_pages(
+        self, applied: AppliedBatch, events: EventBatch, event_ids: list[str], clocks: dict[int, int] | None
+    ) -> tuple[EventBatch, list[str], AppliedBatch, PendingWrite]:
+        """More silences came due on some partitions than one read takes (a clock jump after a
+        long quiet spell). Their events wait: read again later from the first one held back,
+        while the clock moves by pages up to them (or, when the jump lies among the events
+        themselves, the later half waits, as often as needed)."""
+        assert self.store is not None
+        store, moves, stuck = self.store, dict(clocks or {}), set()
+        while unsplit := [p for p in applied.deferred.tolist() if p not in stuck]:
+            c0 = dict(zip(applied.clocks["partition"].tolist(), applied.clocks["c0"].tolist(), strict=True))
+            keep = np.ones(len(events), dtype=bool)
+            for partition in unsplit:
+                rows = np.flatnonzero(events.partition == partition)
+                first_ts = int(events.ts[rows].min())
+                if first_ts - 1 > c0.get(partition, 0):
+                    held = rows
+                    moves[partition] = first_ts - 1
+                elif len(rows) > 1:
+                    held = rows[len(rows) // 2 :]
+                else:
+                    stuck.add(partition)
+                    log.warning("partition %d: more silences due within one second than one read takes; "
+                                "those past %d are missed", partition, self.store.max_due)
+                    continue
+                keep[held] = False
+                log.info("partition %d: more silences due than one read takes; %d events wait while its clock "
+                         "moves by pages", partition, len(held))
+                offset = int(events.offset[held].min())
+                self._held_back[partition] = min(offset, self._held_back.get(partition, offset))
+            kept = np.flatnonzero(keep)
+            events, event_ids = events.take(kept), [event_ids[i] for i in kept.tolist()]
+            applied, write = self._with_redis(lambda events=events: store.preview(events, None, moves))
+        return events, event_ids, applied, write
 
     def _report_offsets_behind_state(self, applied: AppliedBatch, events: EventBatch) -> None:
         behind = applied.behind_state()

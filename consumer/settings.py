@@ -125,6 +125,13 @@ class SilenceSettings(BaseModel):
     idle_after_seconds: float = Field(
         default=60.0, gt=0, description="A partition without events this long advances its clock by wall time."
     )
+    max_due: int = Field(
+        default=20_000,
+        ge=1,
+        le=1_000_000,
+        description="The most silent customers one state call hands out per partition and mark; more come in "
+        "pages (a clock jump after a long quiet spell), at the cost of more calls.",
+    )
 
     @field_validator("marks_days")
     @classmethod

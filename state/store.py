@@ -85,6 +85,7 @@ FLAG_ALERTED = 1
 FLAG_ERASED = 2  # a tombstone window: see erase()
 
 APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
+MAX_DUE = 20_000  # customers one clock move finds due at one mark on one partition
 FENCED = -1  # a write's reply when another member claimed its partitions since (apply_batch.lua, "Owners")
 STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
 
@@ -139,6 +140,9 @@ class AppliedBatch:
     # per event: its customer's previous event came from another partition (a producer that
     # keys by something else, partitions added): members may then overwrite each other's state
     moved: NDArray[np.bool_]
+    # partitions with events whose due silences did not fit in one page: read them again
+    # without those events (see apply_batch.lua, "Paging")
+    deferred: NDArray[np.int64]
 
     def behind_state(self) -> NDArray[np.bool_]:
         """Per event: a replay (its offset at or below what its customer's window holds) that is
@@ -327,6 +331,7 @@ class StateStore:
         ttl_seconds: int,
         silence_marks: tuple[int, ...] = (),
         keeps_undo: bool = False,
+        max_due: int = MAX_DUE,
     ) -> None:
         """`silence_marks`: seconds of silence at which a customer is scored again (empty: off).
         `keeps_undo`: every write keeps what it replaced, per partition, so that `rollback` can
@@ -339,6 +344,7 @@ class StateStore:
         self.lateness = lateness_seconds
         self.ttl = ttl_seconds
         self.keeps_undo = keeps_undo
+        self.max_due = max_due
         # exactly-once: the owner generation this member claimed per partition (see claim)
         self.claims: dict[int, int] = {}
         scripts = resources.files("state").joinpath("scripts")
@@ -443,7 +449,7 @@ class StateStore:
         claims = np.array(sorted(self.claims.items()), dtype="<u4").reshape(-1, 2).tobytes()
         undo = b"1" + claims if self.keeps_undo else b""
         args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo,
-                len(customers)]
+                len(customers), self.max_due]
         return customers, customer_index, keys, args
 
     @staticmethod
@@ -462,7 +468,7 @@ class StateStore:
 
     @staticmethod
     def _applied(customers: list[str], customer_index: NDArray[np.int64], reply: list[Any]) -> AppliedBatch:
-        headers_raw, records_raw, profiles_raw, events_raw, due_raw, due_names, clocks_raw = reply
+        headers_raw, records_raw, profiles_raw, events_raw, due_raw, due_names, clocks_raw, deferred_raw = reply
         headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
         records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
         profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
@@ -483,6 +489,7 @@ class StateStore:
             position=events["position"].astype(np.int64),
             due=due,
             clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),
+            deferred=np.unique(np.frombuffer(deferred_raw, dtype="<u4")).astype(np.int64),
         )
 
     def set_profiles(self, customer_ids: list[str], gender: list[int], age_group: list[int]) -> None:

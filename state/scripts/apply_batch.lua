@@ -16,7 +16,9 @@
 --       refused whole, returning -1 (fenced; see "Owners" below),
 --       13 the number of customers with events in this batch (KEYS beyond them: customers
 --       scored for their silence, in 'w' mode, whose only change is their alert state),
---       14-16 optional, 'w' only: the write precomputed from the 'r' reply (see below).
+--       14 the most customers one clock move finds due at one mark on one partition (a page;
+--       see "Paging"), 15-17 optional, 'w' only: the write precomputed from the 'r' reply
+--       (see below).
 --       Packed, the batch is a few arguments instead of 7n (no per-field parsing in the
 --       client or the server). Updates are applied in 'w' mode only, in the same atomic call
 --       as the events, so a client killed mid-send never leaves a window without its alert
@@ -42,9 +44,9 @@
 --
 -- Precomputed write: {prefix}:version holds a counter per partition that every write touching
 -- the partition moves. An 'r' reply carries the versions it read; the client then computes the
--- windows that applying the batch stores, and sends them with the 'w' call (ARGV 14: the values
--- concatenated, 15: per own customer '<III' value length (0: unchanged), last event time for
--- the quiet set (0: none), partition; 16: '<Id' per partition, the version read). If no write
+-- windows that applying the batch stores, and sends them with the 'w' call (ARGV 15: the values
+-- concatenated, 16: per own customer '<III' value length (0: unchanged), last event time for
+-- the quiet set (0: none), partition; 17: '<Id' per partition, the version read). If no write
 -- touched those partitions since the read, storing them equals applying the events again and
 -- skips that work; else (an erasure, a rebuild, a former owner of the partition writing late)
 -- the events are applied again, on what is stored now. Not with undo records.
@@ -67,13 +69,13 @@
 -- records (all stored ones plus this batch's, trimmed to capacity only when written), or for
 -- status 4 the number of records at or before its time; 0 when a replayed event's record is gone.
 --
--- Returns {headers, records, profiles, per-event status/position, due, due names, clocks}:
--- headers (48 bytes) and profiles (2 bytes) in customer order, records concatenated (count
--- in each header), 4 bytes per event, due '<IIII' (customer index, partition, last ts, mark),
--- the ids of the extra customers, clocks '<IIId' (partition, c0, c1, write version).
+-- Returns {headers, records, profiles, per-event status/position, due, due names, clocks,
+-- deferred}: headers (48 bytes) and profiles (2 bytes) in customer order, records concatenated
+-- (count in each header), 4 bytes per event, due '<IIII' (customer index, partition, last ts,
+-- mark), the ids of the extra customers, clocks '<IIId' (partition, c0, c1, write version),
+-- deferred '<I' per partition with events whose due customers did not fit in a page.
 
 local HDR, REC = 44, 16
-local MAX_DUE = 20000
 local MOVED_FLAG = 256  -- added to an event's status: its customer's last event was on another partition
 -- A window erased by `seqscore erase` is a tombstone: a header with this flag, no records, and the
 -- partition and last offset the erasure covers. An event at or before that offset is a replay (an
@@ -91,7 +93,8 @@ local EV, UPD = 32, 28
 local ncust = #KEYS / 2
 local ALERT_AT, ALERT_FIELDS = 20, '<IIIIfI'  -- the header's alert and prediction fields
 local clock_key, version_key = PREFIX .. ':clock', PREFIX .. ':version'
-local PRE_VALUES, PRE_META, PRE_VERSIONS = ARGV[14] or '', ARGV[15] or '', ARGV[16] or ''
+local MAX_DUE = tonumber(ARGV[14])
+local PRE_VALUES, PRE_META, PRE_VERSIONS = ARGV[15] or '', ARGV[16] or '', ARGV[17] or ''
 
 local function quiet_key(partition) return PREFIX .. ':quiet:' .. partition end
 local function window_key(id) return PREFIX .. ':{c:' .. id .. '}:w' end
@@ -313,7 +316,9 @@ end
 -- of the customers at the newest silence start it found (or just past them, when they all
 -- share it): they and everyone after them are due at the next move, which starts where this
 -- one stopped. The reply's c1 says where; the caller's 'w' call moves the clock that far only.
-local due, due_names, due_found, n_first = {}, {}, {}, ncust
+-- A partition with events cannot stop short of them: it is deferred, and the caller reads the
+-- batch again without that partition's events, whose clock then moves by pages up to them.
+local due, due_names, due_found, n_first, deferred = {}, {}, {}, ncust, {}
 if #marks > 0 and replies then
   for _, clock in ipairs(clocks) do
     local partition, c0, c1 = clock[1], clock[2], clock[3]
@@ -322,7 +327,9 @@ if #marks > 0 and replies then
       for _, mark in ipairs(marks) do
         local found = redis.call('ZRANGEBYSCORE', quiet_key(partition), '(' .. (c0 - mark), c1 - mark,
           'WITHSCORES', 'LIMIT', 0, MAX_DUE)
-        if #found == 2 * MAX_DUE and not with_events[partition] then
+        if #found == 2 * MAX_DUE and with_events[partition] then
+          deferred[#deferred + 1] = struct.pack('<I', partition)
+        elseif #found == 2 * MAX_DUE then
           local oldest, newest = tonumber(found[2]), tonumber(found[#found])
           if newest > oldest then
             clock[3] = math.min(clock[3], newest - 1 + mark)
@@ -477,4 +484,4 @@ for k, clock in ipairs(clocks) do
 end
 
 return {table.concat(headers), table.concat(records), table.concat(profiles), table.concat(positions),
-  table.concat(due), due_names, table.concat(clock_out)}
+  table.concat(due), due_names, table.concat(clock_out), table.concat(deferred)}

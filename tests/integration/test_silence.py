@@ -81,9 +81,17 @@ def test_marks_default_to_the_training_marks_within_the_horizon() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("max_due", [None, 2], ids=["one-page", "pages-of-2"])
 def test_silent_customers_are_scored_at_each_mark_live_and_by_a_sweep(
-    test_env: dict[str, str], silence_registry: Path, tmp_path: Path
+    test_env: dict[str, str], silence_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    max_due: int | None,
 ) -> None:
+    """With pages of 2, nearly every clock move finds more customers due than a page holds:
+    batches hold events back while their partitions' clocks move by pages, and the sweep pages
+    (audit B6). Every mark must still fire once."""
+    if max_due is not None:
+        test_env = test_env | {"SEQSCORE_SILENCE__MAX_DUE": str(max_due)}
+        monkeypatch.setenv("SEQSCORE_SILENCE__MAX_DUE", str(max_due))
     history = simulate(150, seed=41)
     settings = load_settings()
     names = history.customer_ids
@@ -93,6 +101,8 @@ def test_silent_customers_are_scored_at_each_mark_live_and_by_a_sweep(
         read_topic(settings.kafka_bootstrap, settings.topics.next_actions, history.n_events)
         wait_for(lambda: scorer.metric("seqscore_silence_scored_total") > 0, what="silences scored while serving")
         assert scorer.stop() == 0
+    if max_due is not None:
+        assert "events wait while its clock moves by pages" in (tmp_path / "serve.log").read_text()
 
     after_the_horizon = datetime.fromtimestamp(history.end + (HORIZON_DAYS + 1) * DAY, UTC).isoformat()
     sweep = [sys.executable, "-m", "consumer.cli", "sweep", "--as-of", after_the_horizon]

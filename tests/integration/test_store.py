@@ -561,3 +561,23 @@ def test_two_event_ids_with_the_same_crc32_are_two_events(store: StateStore) -> 
     assert (first.status.tolist(), second.status.tolist()) == ([APPLIED], [APPLIED])
     assert repeated.status.tolist() == [DUPLICATE, DUPLICATE], "a producer's retry is still one event"
     assert int(repeated.headers["count"][0]) == 2
+
+
+def test_a_batch_whose_clock_move_finds_more_due_than_a_page_defers_its_partition(
+    store: StateStore, unique: str
+) -> None:
+    """A partition with events cannot stop its clock short of them: the read says it is deferred
+    (the scorer then holds its events back and moves its clock by pages first)."""
+    quiet = StateStore(store.client, f"p{unique}", 6, 2 * DAY, 3600, silence_marks=(10 * DAY,), max_due=2)
+    try:
+        quiet.apply(batch([(f"c{i}", i, T0 + i, "A", f"e{i}") for i in range(5)]))
+        jump = batch([("z", 5, T0 + 11 * DAY, "B", "e5")])
+        seen, _ = quiet.preview(jump)
+        assert seen.deferred.tolist() == [0]
+        assert quiet.preview(batch([("z", 5, T0 + 10 * DAY + 1, "B", "e5")]))[0].deferred.tolist() == [0]
+        assert quiet.preview(batch([("z", 5, T0 + 10 * DAY, "B", "e5")]))[0].deferred.tolist() == [], "one due fits"
+        moved, _ = quiet.preview(EventBatch.empty(), clocks={0: T0 + 11 * DAY - 1})
+        assert moved.deferred.tolist() == [] and len(moved.due) == 1, "without events: a page, short of c1"
+    finally:
+        for key in store.client.scan_iter(f"p{unique}:*"):
+            store.client.delete(key)
