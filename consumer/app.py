@@ -667,7 +667,7 @@ class Scorer:
         open transaction aborted); returns each partition's first offset among them."""
         assert self.emitter is not None
         unsent = (self._pending[1] if self._pending is not None else []) + self._in_hand
-        self._pending, self._in_hand, self._lost = None, [], False
+        self._pending, self._in_hand, self._lost, self._held_back = None, [], False, {}
         if not self.emitter.recover():
             log.warning("the producer cannot go on after a fatal error: starting a new one")
             self.emitter = Emitter(
