@@ -59,7 +59,6 @@ from state.store import (
     APPLIED,
     FLAG_ALERTED,
     LATE_INSERTED,
-    REPLAY,
     STATUS_NAMES,
     TOO_LATE,
     UPDATE_ARG_DTYPE,
@@ -813,7 +812,7 @@ class Scorer:
         for status, name in enumerate(STATUS_NAMES):
             if counts[status]:
                 self.metrics.state.labels(name).inc(int(counts[status]))
-        if counts[REPLAY]:
+        if applied.behind_state.any():
             self._report_offsets_behind_state(applied, events)
         self._clocks_moved(applied, events)
 
@@ -1028,14 +1027,14 @@ class Scorer:
         return events, event_ids, applied, write
 
     def _report_offsets_behind_state(self, applied: AppliedBatch, events: EventBatch) -> None:
-        behind = applied.behind_state()
+        behind = applied.behind_state
         for partition in np.unique(events.partition[behind]).tolist():
             rows = behind & (events.partition == partition)
             self.metrics.offsets_behind_state.labels(str(partition)).inc(int(rows.sum()))
             log.warning("partition %d: %d events at offsets %d..%d are behind what the state holds for their "
-                        "customers and not in their windows: a re-created topic or an offset reset? They are not "
-                        "applied (docs/serving.md, 'Offsets behind the state')", partition, int(rows.sum()),
-                        int(events.offset[rows].min()), int(events.offset[rows].max()))
+                        "customers and not in their windows: a re-created topic or an offset reset? They are "
+                        "applied as new events (docs/serving.md, 'Offsets behind the state')", partition,
+                        int(rows.sum()), int(events.offset[rows].min()), int(events.offset[rows].max()))
 
     def _clocks_moved(self, applied: AppliedBatch, events: EventBatch) -> None:
         """Remember each partition's clock, and when events last moved it (idle advance)."""

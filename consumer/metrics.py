@@ -48,7 +48,7 @@ class Metrics:
         self.offsets_behind_state = Counter(
             "seqscore_offsets_behind_state_total",
             "Events at offsets the state already passed, not found in their windows (a re-created topic, "
-            "an offset reset); not applied.",
+            "offsets reset to a copy); applied as new events.",
             ["partition"],
             registry=r,
         )

@@ -68,6 +68,7 @@ STORED_HEADER_DTYPE = np.dtype(  # as the window value starts
 RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
 EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
 MOVED_FLAG = 256  # in an event's status word: see apply_batch.lua
+BEHIND_FLAG = 512  # likewise: applied although its window had passed its offset
 STORED_HEADER_BYTES = STORED_HEADER_DTYPE.itemsize
 EVENT_ARG_DTYPE = np.dtype(
     [("customer", "<u4"), ("partition", "<u4"), ("offset", "<f8"), ("ts", "<u4"), ("coarse", "<u4"),
@@ -143,14 +144,9 @@ class AppliedBatch:
     # partitions with events whose due silences did not fit in one page: read them again
     # without those events (see apply_batch.lua, "Paging")
     deferred: NDArray[np.int64]
-
-    def behind_state(self) -> NDArray[np.bool_]:
-        """Per event: a replay (its offset at or below what its customer's window holds) that is
-        not in the window, of a customer not erased. A replay after a crash or a rebalance is
-        found by its tag unless trimmed away; this is what a re-created topic or an offset reset
-        looks like: new events at offsets the state has already passed, which are not applied."""
-        flags = self.headers["flags"][self.customer_index]
-        return (self.status == REPLAY) & (self.position == 0) & ((flags & FLAG_ERASED) == 0)
+    # per event: at an offset its customer's window had passed, and not in it, so new (a
+    # re-created topic, offsets reset to a copy) and applied; a replay is found in its window
+    behind_state: NDArray[np.bool_]
 
     def windows(
         self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
@@ -484,8 +480,9 @@ class StateStore:
             record_start=record_start.astype(np.int64),
             gender=np.where(profiles[:, 0] == 255, -1, profiles[:, 0]),
             age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
-            status=(events["status"] & ~np.uint16(MOVED_FLAG)).astype(np.int64),
+            status=(events["status"] & ~np.uint16(MOVED_FLAG | BEHIND_FLAG)).astype(np.int64),
             moved=(events["status"] & MOVED_FLAG) > 0,
+            behind_state=(events["status"] & BEHIND_FLAG) > 0,
             position=events["position"].astype(np.int64),
             due=due,
             clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),

@@ -63,9 +63,9 @@
 -- old generation and is refused, so it can neither store a batch its successor then takes for a
 -- replay (and emits nothing for) nor overwrite what the successor stored.
 --
--- Per event: 0 applied, 1 replay (offset already applied: nothing changes), 2 duplicate
--- event_id (ignored), 3 late but inserted in event-time order, 4 too late (beyond the
--- lateness bound: not stored). Position: the event's record index (1-based) in the returned
+-- Per event: 0 applied, 1 replay (offset already applied and its record found: nothing
+-- changes), 2 duplicate event_id (ignored), 3 late but inserted in event-time order, 4 too
+-- late (beyond the lateness bound: not stored); plus 256 (MOVED_FLAG) and 512 (BEHIND_FLAG). Position: the event's record index (1-based) in the returned
 -- records (all stored ones plus this batch's, trimmed to capacity only when written), or for
 -- status 4 the number of records at or before its time; 0 when a replayed event's record is gone.
 --
@@ -77,6 +77,7 @@
 
 local HDR, REC = 44, 16
 local MOVED_FLAG = 256  -- added to an event's status: its customer's last event was on another partition
+local BEHIND_FLAG = 512  -- added to an event's status: new, at an offset its window had passed (see below)
 -- A window erased by `seqscore erase` is a tombstone: a header with this flag, no records, and the
 -- partition and last offset the erasure covers. An event at or before that offset is a replay (an
 -- in-flight batch, a rebuild, a rollback's replay): it restores nothing. A later one starts afresh.
@@ -260,7 +261,7 @@ local function find_tag_at(recs, tag, ts)
   return 0
 end
 
-local status, tags, times, position, moved = {}, {}, {}, {}, {}
+local status, tags, times, position, moved, behind = {}, {}, {}, {}, {}, {}
 local applied_of = {}  -- per customer: the events applied in this batch, to shift on a late insert
 local with_events = {}  -- partitions with events in this call
 for e = 1, n do
@@ -270,11 +271,20 @@ for e = 1, n do
   tags[e], times[e] = tag, ts
   -- the customer's previous event came from another partition: two members may write it
   moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
-  if (s.count > 0 or erased(s)) and part == s.partition and off <= s.offset then
+  local passed = (s.count > 0 or erased(s)) and part == s.partition and off <= s.offset
+  -- an offset the window has passed: a replay (a restart or a rebalance reads again what was not
+  -- committed) is still in the window, found by its time and tag. An event that is not is new
+  -- (the topic was re-created, or its offsets reset to a copy: a restore, a mirror after a
+  -- disaster) and is applied, except to a tombstone, which keeps everything at or before its
+  -- offset erased. A replay whose record was trimmed away, after more than `capacity` events of
+  -- its customer went uncommitted, is then scored again.
+  behind[e] = 0
+  if passed and (erased(s) or find_tag_at(s.recs, tag, ts) > 0) then
     status[e] = 1
-  elseif find_tag_at(s.recs, tag, ts) > 0 then
+  elseif not passed and find_tag_at(s.recs, tag, ts) > 0 then
     status[e] = 2
   else
+    if passed then behind[e] = BEHIND_FLAG end
     local nrec = #s.recs / REC
     local record = struct.pack('<IIII', ts, coarse, fine, tag)
     local mine = applied_of[ci]
@@ -305,7 +315,7 @@ for e = 1, n do
     end
   end
   if status[e] ~= 1 then
-    s.offset, s.partition = off, part
+    if behind[e] == 0 then s.offset, s.partition = off, part end  -- a replay's test stays as it was
     s.dirty = true
   end
 end
@@ -474,7 +484,7 @@ for e = 1, n do
   elseif not pos then  -- replay or duplicate: where the earlier copy sits, if still kept
     pos = find_tag_at(s.recs, tags[e], times[e])
   end
-  positions[e] = struct.pack('<HH', status[e] + moved[e], pos)
+  positions[e] = struct.pack('<HH', status[e] + moved[e] + behind[e], pos)
 end
 
 local clock_out = {}

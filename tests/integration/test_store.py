@@ -508,17 +508,28 @@ def test_a_sweep_between_a_write_and_its_commit_leaves_the_rollback_whole(store:
             store.client.delete(key)
 
 
-def test_new_events_at_offsets_the_state_has_passed_are_told_apart_from_replays(store: StateStore) -> None:
-    """Audit B5: after a topic is re-created (or its offsets reset), new events come at offsets
-    the windows already passed and are taken for replays. A replay is found in its window by its
-    tag; these are not, and `behind_state` says so (the scorer counts and logs them)."""
+def test_new_events_at_offsets_the_state_has_passed_are_applied_and_replays_are_not(store: StateStore) -> None:
+    """Audit B5: after a topic is re-created (or its offsets reset to a copy), new events come at
+    offsets the windows already passed. They were taken for replays and dropped, silently. A
+    replay is found in its window by its time and tag; these are not, so they are applied, and
+    `behind_state` says so (the scorer counts and logs them). A tombstone keeps its offsets."""
     store.apply(batch([("a", 10, T0, "A", "e10"), ("a", 11, T0 + 60, "B", "e11"), ("b", 12, T0, "A", "e12")]))
     store.erase("b", 0, 13)
     seen = store.apply(batch([("a", 11, T0 + 60, "B", "e11"),  # a replay after a crash
                               ("a", 0, T0 + 120, "C", "new0"),  # offset 0 of a re-created topic
-                              ("b", 12, T0, "A", "e12")]))  # a replay of an erased customer's event
-    assert seen.status.tolist() == [REPLAY, REPLAY, REPLAY]
-    assert seen.behind_state().tolist() == [False, True, False]
+                              ("a", 1, T0 + 180, "D", "new1"),
+                              ("b", 12, T0, "A", "e12"),  # a replay of an erased customer's event
+                              ("b", 2, T0 + 120, "C", "new2")]))  # before the erasure's offset: stays erased
+    assert seen.status.tolist() == [REPLAY, APPLIED, APPLIED, REPLAY, REPLAY]
+    assert seen.behind_state.tolist() == [False, True, True, False, False]
+    assert store.erased("b")
+    again = store.apply(batch([("a", 0, T0 + 120, "C", "new0"), ("a", 1, T0 + 180, "D", "new1"),  # replayed
+                               ("a", 2, T0 + 240, "E", "new2")]))
+    assert again.status.tolist() == [REPLAY, REPLAY, APPLIED]
+    assert again.behind_state.tolist() == [False, False, True], "the window keeps the old offset until passed"
+    window = store.apply(batch([("a", 12, T0 + 300, "F", "new3")]))
+    assert window.status.tolist() == [APPLIED], "past the old offsets, the ordinary path"
+    assert window.headers["n_records"][0] == 6
 
 
 def test_a_late_write_of_a_member_replaced_while_paused_is_refused(store: StateStore, unique: str) -> None:
