@@ -600,6 +600,8 @@ class Scorer:
         self.metrics.batch_size.observe(len(messages))
         report = BatchReport(records=len(messages))
 
+        if not self.decoder.tag_key:  # Redis may have been down at start
+            self.decoder.tag_key = self._with_redis(self.store.tag_key)
         t = time.perf_counter()
         decoded = self.decoder.decode(messages)
         self.metrics.events.inc(len(messages))
@@ -1011,10 +1013,10 @@ class Scorer:
                     moves[partition] = first_ts - 1
                 elif len(rows) > 1:
                     held = rows[len(rows) // 2 :]
-                else:
+                else:  # one event one second past the clock: the script takes that second whole
                     stuck.add(partition)
-                    log.warning("partition %d: more silences due within one second than one read takes; "
-                                "those past %d are missed", partition, self.store.max_due)
+                    log.error("partition %d: deferred on a move of one second; silences past %d may be missed",
+                              partition, self.store.max_due)
                     continue
                 keep[held] = False
                 log.info("partition %d: more silences due than one read takes; %d events wait while its clock "

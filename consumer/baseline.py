@@ -49,7 +49,7 @@ def run_baseline(
     )
     producer = Producer({**kafka_config, "linger.ms": 5})
     store = StateStore(redis.Redis.from_url(redis_url), key_prefix, runner.spec.window, 7 * 86_400, 86_400)
-    decoder = EventDecoder(1 << 16)
+    decoder = EventDecoder(1 << 16, tag_key=store.tag_key())
     consumer.subscribe([topic])
     done, started, idle_since = 0, 0.0, time.monotonic()
     try:

@@ -149,7 +149,7 @@ def rebuild_state(
         settings.state.retention_days * 86_400,
         silence_marks(settings),
     )
-    decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds)
+    decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds, store.tag_key())
     consumer = Consumer(
         settings.kafka_config(
             **{

@@ -54,9 +54,10 @@ class Decoded:
 class EventDecoder:
     """Decodes records into arrays; activity codes are cached by name (names repeat)."""
 
-    def __init__(self, max_event_bytes: int, max_future_seconds: int | None = None) -> None:
+    def __init__(self, max_event_bytes: int, max_future_seconds: int | None = None, tag_key: bytes = b"") -> None:
         self.max_event_bytes = max_event_bytes
         self.max_future_seconds = max_future_seconds
+        self.tag_key = tag_key  # the state's (StateStore.tag_key)
         self._codes: dict[str, int] = {}
 
     def _code(self, name: str) -> int:
@@ -103,7 +104,7 @@ class EventDecoder:
             ts.append(event.ts_seconds)
             coarse.append(self._code(event.activity))
             fine.append(self._code(event.activity_detail or event.activity))
-            tag.append(event_tag(event.event_id))
+            tag.append(event_tag(event.event_id, self.tag_key))
             kafka_ts.append(msg.timestamp()[1])
         batch = EventBatch(
             customer_ids=customers,

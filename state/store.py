@@ -10,6 +10,7 @@ Cluster slot):
                         while younger than the last silence mark
     {prefix}:clock      hash: events partition -> its event-time clock (epoch seconds)
     {prefix}:version    hash: events partition -> a counter every write of its state moves
+    {prefix}:tag-key    the secret key of the event tags (event_tag), made by the first writer
 
 State is raw (event time, activity codes, an event_id tag), never model tokens, so a new
 vocabulary or window needs no migration. One EVALSHA applies a batch idempotently: replayed
@@ -22,6 +23,8 @@ slots, so it needs a single Redis (or one call per Cluster node, grouping custom
 from __future__ import annotations
 
 import bisect
+import hashlib
+import secrets
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,9 +94,18 @@ FENCED = -1  # a write's reply when another member claimed its partitions since 
 STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
 
 
-def event_tag(event_id: str) -> int:
-    """A 32-bit tag of an event_id, stored with each record to ignore repeated ids."""
-    return zlib.crc32(event_id.encode("utf-8"))
+TAG_KEY_BYTES = 16
+LEGACY_TAG_KEY = b"crc32"  # state written before tags were keyed: see StateStore.tag_key
+
+
+def event_tag(event_id: str, key: bytes = b"") -> int:
+    """A 32-bit tag of an event_id, stored with each record to tell a repeated event. Keyed
+    (blake2b with the state's own secret key), so that nobody without the key can make two
+    ids share a tag and have the second dropped as a repeat; CRC32 is linear and unkeyed."""
+    data = event_id.encode("utf-8")
+    if key == LEGACY_TAG_KEY:
+        return zlib.crc32(data)
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4, key=key).digest(), "little")
 
 
 @dataclass
@@ -399,6 +411,20 @@ class StateStore:
         if stored == FENCED:
             raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
         return bool(stored == 1)
+
+    def tag_key(self) -> bytes:
+        """The key of this state's event tags: the same for every member and every restart, so
+        kept in Redis beside the windows whose tags it made; 16 random bytes from the first
+        member. State that older versions wrote (windows without a key) keeps CRC32 tags, or
+        its replays would no longer be found; a rebuild into a new key prefix moves it on."""
+        name = f"{self.prefix}:tag-key"
+        key = self.client.get(name)
+        if key is None:
+            written = self.client.exists(f"{self.prefix}:version", f"{self.prefix}:clock")
+            self.client.set(name, LEGACY_TAG_KEY if written else secrets.token_bytes(TAG_KEY_BYTES), nx=True)
+            key = self.client.get(name)
+        assert isinstance(key, bytes)
+        return key
 
     def claim(self, partition: int) -> int:
         """Make this member the partition's owner (exactly-once), before it checks the undo

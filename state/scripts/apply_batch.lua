@@ -272,14 +272,15 @@ for e = 1, n do
   -- the customer's previous event came from another partition: two members may write it
   moved[e] = (s.count > 0 and part ~= s.partition) and MOVED_FLAG or 0
   local passed = (s.count > 0 or erased(s)) and part == s.partition and off <= s.offset
-  -- an offset the window has passed: a replay (a restart or a rebalance reads again what was not
-  -- committed) is still in the window, found by its time and tag. An event that is not is new
-  -- (the topic was re-created, or its offsets reset to a copy: a restore, a mirror after a
-  -- disaster) and is applied, except to a tombstone, which keeps everything at or before its
-  -- offset erased. A replay whose record was trimmed away, after more than `capacity` events of
-  -- its customer went uncommitted, is then scored again.
+  -- an offset the window has passed: a replay (a restart, a rebalance, a group reset to the
+  -- earliest offset reads again what was applied) is still in the window, found by its time and
+  -- tag, or was trimmed away: the window is full and the event is no newer than its oldest
+  -- record. Any other event is new (the topic was re-created, or its offsets reset to a copy:
+  -- a restore, a mirror after a disaster) and is applied, except to a tombstone, which keeps
+  -- everything at or before its offset erased.
+  local trimmed = #s.recs >= capacity * REC and ts <= rec_ts(s.recs, 1)
   behind[e] = 0
-  if passed and (erased(s) or find_tag_at(s.recs, tag, ts) > 0) then
+  if passed and (erased(s) or trimmed or find_tag_at(s.recs, tag, ts) > 0) then
     status[e] = 1
   elseif not passed and find_tag_at(s.recs, tag, ts) > 0 then
     status[e] = 2
@@ -327,7 +328,8 @@ end
 -- share it): they and everyone after them are due at the next move, which starts where this
 -- one stopped. The reply's c1 says where; the caller's 'w' call moves the clock that far only.
 -- A partition with events cannot stop short of them: it is deferred, and the caller reads the
--- batch again without that partition's events, whose clock then moves by pages up to them.
+-- batch again without that partition's events, whose clock then moves by pages up to them,
+-- unless its move is one second, which finds one silence start per mark, taken whole.
 local due, due_names, due_found, n_first, deferred = {}, {}, {}, ncust, {}
 if #marks > 0 and replies then
   for _, clock in ipairs(clocks) do
@@ -337,7 +339,9 @@ if #marks > 0 and replies then
       for _, mark in ipairs(marks) do
         local found = redis.call('ZRANGEBYSCORE', quiet_key(partition), '(' .. (c0 - mark), c1 - mark,
           'WITHSCORES', 'LIMIT', 0, MAX_DUE)
-        if #found == 2 * MAX_DUE and with_events[partition] then
+        -- a move of one second has one silence start per mark, and no shorter move exists:
+        -- it takes everyone at it, events or not
+        if #found == 2 * MAX_DUE and with_events[partition] and c1 - c0 > 1 then
           deferred[#deferred + 1] = struct.pack('<I', partition)
         elseif #found == 2 * MAX_DUE then
           local oldest, newest = tonumber(found[2]), tonumber(found[#found])

@@ -34,6 +34,7 @@ Fault = Callable[[ScorerProcess, Settings], "ScorerProcess | list[ScorerProcess]
 # what the outside check sends too: malformed records, repeated records and events out of
 # order (late within and beyond the lateness bound), among the valid ones
 HOSTILE_STREAM = {"malformed": 0.02, "duplicates": 0.03, "out_of_order": 0.05}
+FAULT_RUNS_TAG_KEY = b"fault-runs-tags!"
 
 
 @dataclass
@@ -188,6 +189,8 @@ def scored_run(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     settings = load_settings()
+    # both runs tag events with one key, so that their windows compare byte for byte
+    redis.Redis.from_url(settings.redis_url).set(f"{settings.state.key_prefix}:tag-key", FAULT_RUNS_TAG_KEY)
     plan = StreamPlan(seed=5, rate=rate, **(HOSTILE_STREAM if hostile else {}))
     flowing = (streaming or Streaming()).flowing
     scorer = ScorerProcess(env, registry, logs / "scorer-0.log").start()

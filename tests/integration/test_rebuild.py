@@ -82,6 +82,7 @@ def test_rebuild_restores_wiped_windows_and_scoring_goes_on_as_before(
     copy = f"{prefix}copy"  # the unwiped state, to score the new events on later
     for key, value in before.items():
         client.set(copy + key.removeprefix(prefix), value)
+    client.set(f"{copy}:tag-key", client.get(f"{prefix}:tag-key") or b"")  # the windows' tags are keyed
     assert client.delete(*before) == len(before)  # only this test's prefix
     client.delete(*[f"{prefix}:quiet:{p}" for p in quiet_before], f"{prefix}:clock", f"{prefix}:version")
 

@@ -14,9 +14,11 @@ from state.store import (
     APPLIED,
     DUPLICATE,
     LATE_INSERTED,
+    LEGACY_TAG_KEY,
     REPLAY,
     STORED_HEADER_BYTES,
     STORED_HEADER_DTYPE,
+    TAG_KEY_BYTES,
     TOO_LATE,
     UPDATE_ARG_DTYPE,
     AppliedBatch,
@@ -40,7 +42,7 @@ def store(stack: dict[str, str], unique: str) -> Iterator[StateStore]:
         client.delete(key)
 
 
-def batch(rows: list[tuple[str, int, int, str, str]], partition: int = 0) -> EventBatch:
+def batch(rows: list[tuple[str, int, int, str, str]], partition: int = 0, tag_key: bytes = b"") -> EventBatch:
     """rows: (customer, offset, ts, activity, event_id)"""
     return EventBatch(
         customer_ids=[r[0] for r in rows],
@@ -49,7 +51,7 @@ def batch(rows: list[tuple[str, int, int, str, str]], partition: int = 0) -> Eve
         ts=np.array([r[2] for r in rows], dtype=np.int64),
         coarse=np.array([activity_code(r[3]) for r in rows], dtype=np.uint32),
         fine=np.array([activity_code(r[3] + "1") for r in rows], dtype=np.uint32),
-        tag=np.array([event_tag(r[4]) for r in rows], dtype=np.uint32),
+        tag=np.array([event_tag(r[4], tag_key) for r in rows], dtype=np.uint32),
     )
 
 
@@ -532,6 +534,20 @@ def test_new_events_at_offsets_the_state_has_passed_are_applied_and_replays_are_
     assert window.headers["n_records"][0] == 6
 
 
+def test_a_replay_whose_record_was_trimmed_away_is_still_a_replay(store: StateStore) -> None:
+    """A group reset to the earliest offset (or its committed offsets expired) reads the whole
+    topic again. Events trimmed out of a full window are not found in it; taken for new events
+    behind the state, each would have been scored and emitted again, however old."""
+    history = [("a", i, T0 + 60 * i, "A", f"e{i}") for i in range(9)]  # capacity 6: e0..e2 trimmed
+    store.apply(batch(history))
+    again = store.apply(batch(history))
+    assert again.status.tolist() == [REPLAY] * 9
+    assert not again.behind_state.any()
+    late_new = store.apply(batch([("a", 1, T0 + 60 * 4 + 1, "N", "n1")]))
+    assert late_new.status.tolist() == [LATE_INSERTED] and late_new.behind_state.tolist() == [True], (
+        "newer than the window's oldest record: new")
+
+
 def test_a_late_write_of_a_member_replaced_while_paused_is_refused(store: StateStore, unique: str) -> None:
     """Audit B2: a member paused past its session (GC, a frozen VM) stores its batch after the
     partition's new owner checked it. The new owner then took the batch for a replay and emitted
@@ -565,10 +581,13 @@ def test_a_late_write_of_a_member_replaced_while_paused_is_refused(store: StateS
 def test_two_event_ids_with_the_same_crc32_are_two_events(store: StateStore) -> None:
     """Audit A15.2: "plumless" and "buckeroo" share a CRC32 (1306201125), so the second event
     was dropped as a repeat of the first, with no prediction, and such ids are easy to make. A
-    repeat must now match the stored event's time as well as its tag."""
-    first = store.apply(batch([("a", 0, T0, "A", "plumless")]))
-    second = store.apply(batch([("a", 1, T0 + 60, "B", "buckeroo")]))
-    repeated = store.apply(batch([("a", 2, T0 + 60, "B", "buckeroo"), ("a", 3, T0, "A", "plumless")]))
+    repeat must now match the stored event's time as well as its tag; that still holds for
+    state whose tags stay CRC32 (written before tags were keyed)."""
+    assert event_tag("plumless", LEGACY_TAG_KEY) == event_tag("buckeroo", LEGACY_TAG_KEY)
+    first = store.apply(batch([("a", 0, T0, "A", "plumless")], tag_key=LEGACY_TAG_KEY))
+    second = store.apply(batch([("a", 1, T0 + 60, "B", "buckeroo")], tag_key=LEGACY_TAG_KEY))
+    repeated = store.apply(batch([("a", 2, T0 + 60, "B", "buckeroo"), ("a", 3, T0, "A", "plumless")],
+                                 tag_key=LEGACY_TAG_KEY))
     assert (first.status.tolist(), second.status.tolist()) == ([APPLIED], [APPLIED])
     assert repeated.status.tolist() == [DUPLICATE, DUPLICATE], "a producer's retry is still one event"
     assert int(repeated.headers["count"][0]) == 2
@@ -592,3 +611,43 @@ def test_a_batch_whose_clock_move_finds_more_due_than_a_page_defers_its_partitio
     finally:
         for key in store.client.scan_iter(f"p{unique}:*"):
             store.client.delete(key)
+
+
+def test_more_customers_due_within_one_second_than_a_page_holds_are_all_found(
+    store: StateStore, unique: str
+) -> None:
+    """Audit B6, its last edge: a batch's events move the clock one second, past more silence
+    starts of that one second than a page holds. The partition was deferred, again and again,
+    since no smaller move exists, and the scorer skipped those past the page. Within one
+    second every due customer is taken, however many, as a move without events does."""
+    quiet = StateStore(store.client, f"q{unique}", 6, 2 * DAY, 3600, silence_marks=(10 * DAY,), max_due=2)
+    try:
+        quiet.apply(batch([(f"c{i}", i, T0, "A", f"e{i}") for i in range(5)]))  # five silences start at T0
+        quiet.apply(EventBatch.empty(), clocks={0: T0 + 10 * DAY - 1})  # nobody due yet
+        seen, _ = quiet.preview(batch([("z", 5, T0 + 10 * DAY, "B", "e5")]))
+        assert seen.deferred.tolist() == []
+        assert sorted(seen.customers[i] for i in seen.due["customer"].tolist()) == [f"c{i}" for i in range(5)]
+        assert quiet.preview(batch([("z", 5, T0 + 10 * DAY + 1, "B", "e5")]))[0].deferred.tolist() == [0], (
+            "wider moves still page")
+    finally:
+        for key in store.client.scan_iter(f"q{unique}:*"):
+            store.client.delete(key)
+
+
+def test_each_state_has_its_own_tag_key_shared_by_its_members(store: StateStore, unique: str) -> None:
+    """Audit A15.2: tags are keyed, so nobody without the key can make ids that collide. The
+    key lives with the state: every member and restart on the same prefix gets the same one;
+    state that an older version wrote (no key, but written) keeps CRC32 so its replays are
+    still found."""
+    fresh, other, old = f"k{unique}", f"l{unique}", f"m{unique}"
+    try:
+        store.client.hincrby(f"{old}:version", "0", 1)  # what an older version's writes leave
+        first = StateStore(store.client, fresh, 6, 2 * DAY, 3600).tag_key()
+        assert len(first) == TAG_KEY_BYTES
+        assert StateStore(store.client, fresh, 6, 2 * DAY, 3600).tag_key() == first, "another member, same key"
+        assert StateStore(store.client, other, 6, 2 * DAY, 3600).tag_key() != first
+        assert StateStore(store.client, old, 6, 2 * DAY, 3600).tag_key() == LEGACY_TAG_KEY
+    finally:
+        for prefix in (fresh, other, old):
+            for key in store.client.scan_iter(f"{prefix}:*"):
+                store.client.delete(key)
