@@ -101,8 +101,8 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
+    from consumer.serve.topics import ensure_topics
     from consumer.settings import load_settings
-    from consumer.topics import ensure_topics
 
     settings = load_settings()
     created = ensure_topics(settings)
@@ -163,7 +163,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.kafka_topic is not None:
         import time as _time
 
-        from consumer.loadgen import StreamPlan, stream
+        from consumer.bench.loadgen import StreamPlan, stream
         from consumer.settings import load_settings
 
         settings = load_settings()
@@ -335,9 +335,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 PID` prints every stack
     _quiet_tensorflow()
-    from consumer.app import Scorer, install_signal_handlers
+    from consumer.serve.loop import Scorer, install_signal_handlers
+    from consumer.serve.workers import WORKER_ENV, WorkerPool, follow_parent, worker_count
     from consumer.settings import load_settings
-    from consumer.workers import WORKER_ENV, WorkerPool, follow_parent, worker_count
 
     follow_parent()
     if index := os.environ.get(WORKER_ENV):  # a worker of an instance: say which in every line
@@ -357,8 +357,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from consumer.ops.watch import watch
     from consumer.settings import load_settings
-    from consumer.watch import watch
 
     settings = load_settings()
     url = args.metrics_url or f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
@@ -374,7 +374,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     faulthandler.enable()  # a native crash in a long run says where it happened
     _quiet_tensorflow()
-    from consumer.bench import BenchOptions, run_bench, table
+    from consumer.bench.runner import BenchOptions, run_bench, table
     from consumer.settings import load_settings
 
     options = BenchOptions(
@@ -396,8 +396,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from consumer.app import BatchReport, Scorer
-    from consumer.emit import iso
+    from consumer.serve.emit import iso
+    from consumer.serve.loop import BatchReport, Scorer
     from consumer.settings import load_settings
 
     settings = load_settings()
@@ -417,7 +417,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_segments(args: argparse.Namespace) -> int:
     import redis
 
-    from consumer import segments
+    from consumer.segments import scan as segments
     from consumer.settings import load_settings
     from training.registry import Registry
 
@@ -450,8 +450,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     import redis
     from confluent_kafka import Consumer
 
-    from consumer.emit import Emitter
-    from consumer.erasure import erase_customer
+    from consumer.ops.erasure import erase_customer
+    from consumer.serve.emit import Emitter
     from consumer.settings import load_settings
     from state.store import StateStore
 
@@ -474,7 +474,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
 
 
 def cmd_state(args: argparse.Namespace) -> int:
-    from consumer.rebuild import rebuild_state
+    from consumer.ops.rebuild import rebuild_state
     from consumer.settings import load_settings
 
     report = rebuild_state(load_settings(), args.from_topic, args.since, args.batch)
@@ -483,7 +483,7 @@ def cmd_state(args: argparse.Namespace) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace) -> int:
-    from consumer.dlq import replay
+    from consumer.ops.dlq import replay
     from consumer.settings import load_settings
 
     until_ms = None if args.until is None else int(args.until * 1000)

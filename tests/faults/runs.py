@@ -21,8 +21,8 @@ import pytest
 import redis
 from confluent_kafka import Consumer
 
-from consumer.harness import PROBABILITY_TOLERANCE, ScorerProcess, assert_same_prediction, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.harness import PROBABILITY_TOLERANCE, ScorerProcess, assert_same_prediction, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
 from state.store import STORED_HEADER_BYTES, STORED_HEADER_DTYPE
 from training.simulate import SimulatedHistory
@@ -53,7 +53,7 @@ class Streaming:
 
 def valid_event_ids(history: SimulatedHistory, plan: StreamPlan) -> set[str]:
     """The event ids the plan sends at least once as a valid record."""
-    from consumer.loadgen import StreamReport, plan_records
+    from consumer.bench.loadgen import StreamReport, plan_records
     from state.errors import InvalidEvent
     from state.events import decode_event
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from consumer.harness import ScorerProcess, running, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.harness import ScorerProcess, running, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
 from tests.conftest import REPO
 from tests.faults.runs import faulted_equals_clean, wait_flowing
@@ -183,7 +183,7 @@ def assert_committed_only_what_is_stored(settings: Settings, client: redis.Redis
     import orjson
     from confluent_kafka import Consumer, TopicPartition
 
-    from consumer.harness import read_topic
+    from consumer.bench.harness import read_topic
     from state.store import STORED_HEADER_BYTES, STORED_HEADER_DTYPE, StateStore
 
     events = read_topic(settings.kafka_bootstrap, settings.topics.events, 1)

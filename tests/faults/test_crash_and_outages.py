@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.harness import ScorerProcess, wait_for
+from consumer.bench.harness import ScorerProcess, wait_for
 from consumer.settings import Settings
 from tests.conftest import REPO
 from tests.faults.runs import Streaming, faulted_equals_clean, kill_repeatedly, wait_flowing

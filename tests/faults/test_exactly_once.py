@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.harness import ScorerProcess
+from consumer.bench.harness import ScorerProcess
 from consumer.settings import Settings
 from tests.faults.runs import assert_same_outcome, kill_repeatedly, scored_run, variant
 from training.simulate import simulate

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.harness import ScorerProcess, wait_for
+from consumer.bench.harness import ScorerProcess, wait_for
 from consumer.settings import Settings
 from tests.faults.runs import assert_same_outcome, scored_run, variant
 from training.simulate import simulate

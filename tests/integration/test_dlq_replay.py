@@ -16,8 +16,8 @@ import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.harness import predictions_by_event, read_topic, running
-from consumer.loadgen import event_values
+from consumer.bench.harness import predictions_by_event, read_topic, running
+from consumer.bench.loadgen import event_values
 from consumer.settings import load_settings
 from tests.poison_cases import HOSTILE
 from training.simulate import simulate

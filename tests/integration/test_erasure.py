@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import redis
 
-from consumer import segments
+from consumer.segments import scan as segments
 from state.encoding import DAY, activity_code
 from state.store import (
     APPLIED,

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from consumer.emit import Emitter
-from consumer.harness import read_topic
-from consumer.loadgen import send
+from consumer.bench.harness import read_topic
+from consumer.bench.loadgen import send
+from consumer.serve.emit import Emitter
+from consumer.serve.topics import ensure_topics
 from consumer.settings import load_settings
-from consumer.topics import ensure_topics
 from state.partitioning import java_partition, murmur2
 
 KEYS = [f"customer-{i}" for i in range(60)] + ["3454BA", "é-ü", "x" * 300]

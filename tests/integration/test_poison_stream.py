@@ -15,8 +15,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from consumer.harness import predictions_by_event, read_topic, running, wait_for
-from consumer.loadgen import event_values
+from consumer.bench.harness import predictions_by_event, read_topic, running, wait_for
+from consumer.bench.loadgen import event_values
 from consumer.settings import load_settings
 from tests.poison_cases import hostile_records
 from training.simulate import simulate

@@ -15,8 +15,8 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from consumer.harness import assert_same_prediction, predictions_by_event, read_topic, running
-from consumer.loadgen import MALFORMED_KINDS, corrupt, event_values
+from consumer.bench.harness import assert_same_prediction, predictions_by_event, read_topic, running
+from consumer.bench.loadgen import MALFORMED_KINDS, corrupt, event_values
 from consumer.settings import load_settings
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate

@@ -11,8 +11,8 @@ import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer.harness import predictions_by_event, read_topic, running, wait_for
-from consumer.loadgen import event_values
+from consumer.bench.harness import predictions_by_event, read_topic, running, wait_for
+from consumer.bench.loadgen import event_values
 from consumer.settings import load_settings
 from training.simulate import simulate
 

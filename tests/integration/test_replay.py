@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import load_settings
 from training.history import load_history
 from training.simulate import simulate

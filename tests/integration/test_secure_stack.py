@@ -21,8 +21,8 @@ import redis
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
-from consumer.harness import free_port, predictions_by_event, read_topic, running, wait_for
-from consumer.loadgen import StreamPlan, event_values, stream
+from consumer.bench.harness import free_port, predictions_by_event, read_topic, running, wait_for
+from consumer.bench.loadgen import StreamPlan, event_values, stream
 from consumer.settings import load_settings
 from state.store import StateStore
 from tests.conftest import REPO, names_of

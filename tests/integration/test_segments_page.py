@@ -21,9 +21,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from consumer import segments
-from consumer.harness import read_topic, running, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.harness import read_topic, running, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
+from consumer.segments import scan as segments
 from consumer.settings import load_settings
 from state.encoding import activity_code
 from training.registry import Registry

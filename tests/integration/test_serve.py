@@ -18,8 +18,8 @@ import pytest
 import redis
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from consumer.harness import predictions_by_event, read_topic, running, wait_for
-from consumer.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
+from consumer.bench.harness import predictions_by_event, read_topic, running, wait_for
+from consumer.bench.loadgen import MALFORMED_KINDS, StreamPlan, corrupt, event_values, stream
 from consumer.settings import Settings, load_settings
 from state.events import ChurnAlertMessage
 from state.store import STORED_HEADER_BYTES, StateStore

@@ -15,9 +15,10 @@ import orjson
 import pytest
 import redis
 
-from consumer import segments, silence
-from consumer.harness import read_topic, running, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.harness import read_topic, running, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
+from consumer.segments import scan as segments
+from consumer.serve import silence
 from consumer.settings import load_settings
 from state.encoding import DAY, activity_code
 from state.store import AppliedBatch, EventBatch, StateStore, event_tag

@@ -13,10 +13,10 @@ import redis
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from consumer.harness import free_port, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.harness import free_port, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
+from consumer.serve.topics import ensure_topics
 from consumer.settings import load_settings
-from consumer.topics import ensure_topics
 from state.errors import InvalidEvent
 from state.events import decode_event
 from tests.conftest import REPO

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from consumer.cpu import process_tree
-from consumer.harness import predictions_by_event, read_topic, running, wait_for
-from consumer.loadgen import StreamPlan, stream
+from consumer.bench.cpu import process_tree
+from consumer.bench.harness import predictions_by_event, read_topic, running, wait_for
+from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import load_settings
 from tests.integration.test_serve import committed_equals_end
 from training.simulate import simulate

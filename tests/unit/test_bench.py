@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer.bench import TARGETS, steady_state, table
-from consumer.bench_plots import plot_latency
-from consumer.cpu import CpuMeter, process_tree
-from consumer.watch import Scrape
+from consumer.bench.cpu import CpuMeter, process_tree
+from consumer.bench.plots import plot_latency
+from consumer.bench.runner import TARGETS, steady_state, table
+from consumer.ops.watch import Scrape
 from state.errors import ConfigError
 
 
@@ -120,7 +120,7 @@ def test_the_latency_plot_is_written(tmp_path: Path) -> None:
 
 
 def test_the_warm_up_is_split_by_when_each_input_was_produced() -> None:
-    from consumer.bench import percentiles, split_warmup
+    from consumer.bench.runner import percentiles, split_warmup
 
     sent_s = np.array([0.0, 1.0, 4.99, 5.0, 6.0, 7.5])
     delays = np.array([900.0, 800.0, 700.0, 90.0, 80.0, 100.0])
@@ -133,7 +133,7 @@ def test_the_warm_up_is_split_by_when_each_input_was_produced() -> None:
 
 
 def test_a_stack_that_is_not_up_is_one_line_naming_each_service_before_any_training() -> None:
-    from consumer.bench import preflight
+    from consumer.bench.runner import preflight
     from consumer.settings import load_settings
     from state.errors import SeqscoreError
 

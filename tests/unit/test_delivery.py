@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from consumer.app import Scorer
-from consumer.emit import DeliveryFailed, Emitter, dead_letter, record_bytes
+from consumer.serve.emit import DeliveryFailed, Emitter, dead_letter, record_bytes
+from consumer.serve.loop import Scorer
 from consumer.settings import load_settings
 
 NOWHERE = {"bootstrap.servers": "127.0.0.1:1", "log_level": 0}
@@ -141,7 +141,7 @@ class FakeStore:
 def failed_scorer(monkeypatch: pytest.MonkeyPatch) -> Scorer:
     """A scorer whose pending batch (offsets 7 and 8 of partition 1) had a record refused."""
     scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1"))
-    monkeypatch.setattr("consumer.app.dead_letter_limit", lambda settings: 1_000_000)
+    monkeypatch.setattr("consumer.serve.loop.dead_letter_limit", lambda settings: 1_000_000)
     scorer.consumer = FakeConsumer()  # type: ignore[assignment]
     scorer.store = FakeStore()  # type: ignore[assignment]
     scorer.emitter = Emitter(NOWHERE)
@@ -182,7 +182,7 @@ def test_rows_the_model_answers_with_nan_get_no_output_and_are_counted() -> None
     """orjson writes NaN as null: such a row would be a schema-invalid output without an alert."""
     import numpy as np
 
-    from consumer import silence
+    from consumer.serve import silence
     from state.encoding import RawWindows
 
     scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1"))
@@ -211,7 +211,7 @@ def test_finite_rows_takes_any_batch_size_and_risk_shape(rows: int) -> None:
     """A batch with no row to score (only replays) reached this check on the fault run."""
     import numpy as np
 
-    from consumer.app import finite_rows
+    from consumer.serve.loop import finite_rows
 
     for risk in (np.full((rows, 1), 0.5, np.float32), np.full(rows, 0.5, np.float32)):
         assert finite_rows(np.full((rows, 4), 0.25, np.float32), risk).tolist() == [True] * rows
@@ -223,7 +223,7 @@ def test_prediction_ids_tell_customers_apart_and_survive_a_promotion() -> None:
     prediction (acted on once)."""
     import orjson
 
-    from consumer.emit import churn_alert_value, next_action_values
+    from consumer.serve.emit import churn_alert_value, next_action_values
 
     def next_ids(customers: list[str], version: str) -> list[str]:
         import numpy as np

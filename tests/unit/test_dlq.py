@@ -7,7 +7,7 @@ import pytest
 from confluent_kafka import Message
 
 from consumer.cli import build_parser
-from consumer.dlq import ReplayReport, check_reasons, reason_of, replay_headers
+from consumer.ops.dlq import ReplayReport, check_reasons, reason_of, replay_headers
 from state.errors import ConfigError
 
 

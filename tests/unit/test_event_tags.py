@@ -6,7 +6,7 @@ from __future__ import annotations
 import orjson
 from confluent_kafka import Message
 
-from consumer.source import EventDecoder
+from consumer.serve.source import EventDecoder
 from state.store import LEGACY_TAG_KEY, event_tag
 
 

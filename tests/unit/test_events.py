@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.loadgen import MALFORMED_KINDS, corrupt
+from consumer.bench.loadgen import MALFORMED_KINDS, corrupt
 from state.errors import InvalidEvent
 from state.events import InvalidReason, decode_event, json_schemas
 

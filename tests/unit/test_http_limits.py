@@ -13,8 +13,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from consumer.harness import free_port, http_get
-from consumer.health import Response, serve_routes
+from consumer.bench.harness import free_port, http_get
+from consumer.net import Response
+from consumer.serve.health import serve_routes
 
 IDLE_SOCKETS = 2000
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer.infer_alone import main, time_batches
+from consumer.bench.infer_alone import main, time_batches
 from training.registry import load_model, resolve_model_dir, smoke_inputs
 
 

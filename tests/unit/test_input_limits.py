@@ -8,9 +8,9 @@ from typing import Any
 
 import orjson
 
-from consumer.metrics import Metrics
-from consumer.profiles import apply_profiles
-from consumer.source import decode_profile
+from consumer.serve.metrics import Metrics
+from consumer.serve.profiles import apply_profiles
+from consumer.serve.source import decode_profile
 from state.events import MAX_ID_CHARS
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer.scoring import ModelRefused, ModelRunner
+from consumer.serve.scoring import ModelRefused, ModelRunner
 from training.registry import MODEL_FILE, load_model
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")

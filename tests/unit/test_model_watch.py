@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from consumer import app
-from consumer.app import ModelWatcher
-from consumer.metrics import Metrics
-from consumer.scoring import ModelRefused, ModelRunner
+from consumer.serve import loop as app
+from consumer.serve.loop import ModelWatcher
+from consumer.serve.metrics import Metrics
+from consumer.serve.scoring import ModelRefused, ModelRunner
 from consumer.settings import ModelSettings
 from tests.registry_copies import copy_version
 from training import registry as registry_module

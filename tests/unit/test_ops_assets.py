@@ -40,7 +40,7 @@ def test_grafana_dashboard_queries_only_metrics_the_scorer_exports() -> None:
     import json
     import re
 
-    from consumer.metrics import Metrics
+    from consumer.serve.metrics import Metrics
 
     exported = {metric.name for metric in Metrics().registry.collect()}
     dashboard = json.loads((REPO / "deploy/grafana/seqscore.json").read_text())

@@ -1,6 +1,6 @@
-"""Poison input against the decoder the scorer runs (consumer/source.py EventDecoder): it never
+"""Poison input against the decoder the scorer runs (consumer/serve/source.py EventDecoder): it never
 raises, and every record is either a valid event with exactly the fields it was sent with, or
-invalid with the one reason the contract gives it (design.md, "Precise contracts")."""
+invalid with the one reason the contract gives it (README, "Contracts"; docs/design.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from confluent_kafka import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.source import Decoded, EventDecoder
+from consumer.serve.source import Decoded, EventDecoder
 from state.encoding import activity_code
 from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ACTIVITY_CHARS, MAX_ID_CHARS, InvalidReason
 from state.store import event_tag

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from consumer.policy import SUPPRESS_REASONS, AlertPolicy, NextActionPolicy, decide, gate_next_actions
+from consumer.serve.policy import SUPPRESS_REASONS, AlertPolicy, NextActionPolicy, decide, gate_next_actions
 
 POLICY = AlertPolicy(alert_threshold=0.7, recovery_threshold=0.5, cooldown_seconds=100)
 

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from consumer.source import poll_batch
+from consumer.serve.source import poll_batch
 
 
 class ArrivingRecords:

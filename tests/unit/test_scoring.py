@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from consumer.emit import churn_alert_value, iso, iso_many, next_action_values
-from consumer.ragged import RaggedForward, unsupported
-from consumer.scoring import ModelRefused, ModelRunner
+from consumer.serve.emit import churn_alert_value, iso, iso_many, next_action_values
+from consumer.serve.ragged import RaggedForward, unsupported
+from consumer.serve.scoring import ModelRefused, ModelRunner
 from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
 from state.events import ChurnAlertMessage, NextActionMessage
 
@@ -129,8 +129,8 @@ def test_running_only_the_real_steps_equals_the_full_window(
 @pytest.mark.parametrize("path", ["ragged", "length groups"])
 def test_a_row_scores_the_same_alone_and_in_any_batch(runner: ModelRunner, path: str) -> None:
     """A replay batches the same events differently: a row's result may move by float rounding
-    (the matrix kernels block by batch size) but stays far inside design.md's 1e-5."""
-    from consumer.harness import PROBABILITY_TOLERANCE
+    (the matrix kernels block by batch size) but stays far inside the 1e-5 of docs/design.md."""
+    from consumer.bench.harness import PROBABILITY_TOLERANCE
 
     if path == "length groups":
         runner = copy.copy(runner)
@@ -211,7 +211,7 @@ def test_settling_the_heap_freezes_what_is_alive_and_frees_cycles_left_from_befo
     import gc
     import weakref
 
-    from consumer.app import settle_heap
+    from consumer.serve.loop import settle_heap
 
     class Node:
         def __init__(self) -> None:
@@ -237,7 +237,8 @@ def test_a_runner_uses_the_thread_count_it_is_given(tiny_registry: Path) -> None
     import sys
 
     code = (
-        "import sys; from pathlib import Path; from consumer.scoring import ModelRunner; import tensorflow as tf; "
+        "import sys; from pathlib import Path; from consumer.serve.scoring import ModelRunner; "
+        "import tensorflow as tf; "
         "ModelRunner(Path(sys.argv[1]), threads=1); "
         "print(tf.config.threading.get_intra_op_parallelism_threads(), "
         "tf.config.threading.get_inter_op_parallelism_threads())"

@@ -7,8 +7,8 @@ import re
 import numpy as np
 import pytest
 
-from consumer import segments
-from consumer.segments_page import PageContext, SegmentQuery, render, risk_histogram
+from consumer.segments import scan as segments
+from consumer.segments.page import PageContext, SegmentQuery, render, risk_histogram
 from state.encoding import activity_code
 
 
@@ -66,7 +66,7 @@ def test_the_csv_export_never_hands_a_spreadsheet_a_formula() -> None:
     import csv
     import io
 
-    from consumer.segments import to_csv
+    from consumer.segments.scan import to_csv
 
     hostile = ["=HYPERLINK(\"http://x\")", "+1+1", "-2+3", "@SUM(A1)", "\tcmd", "plain-id"]
     rows = [{"customer_id": cid, "last_activities": "=A|B", "predicted_next": "C", "churn_risk": -0.0,

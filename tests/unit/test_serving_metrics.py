@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from consumer.metrics import BatchHistogram
+from consumer.serve.metrics import BatchHistogram
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
@@ -36,7 +36,7 @@ def test_a_batch_histogram_exposes_what_observing_each_value_would() -> None:
 def test_a_metrics_port_in_use_is_one_clear_error_naming_the_setting() -> None:
     import socket
 
-    from consumer.health import serve_routes
+    from consumer.serve.health import serve_routes
     from state.errors import ConfigError
 
     with socket.socket() as taken:

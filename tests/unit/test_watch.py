@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from consumer.watch import Scrape, quantile, summary_line
+from consumer.ops.watch import Scrape, quantile, summary_line
 
 INF = math.inf
 
@@ -43,7 +43,7 @@ def test_summary_line_reports_rates_batches_and_percentiles() -> None:
 
 
 def test_alert_flips_count_messages_per_customer() -> None:
-    from consumer.watch import AlertFlips
+    from consumer.ops.watch import AlertFlips
 
     flips = AlertFlips()
     for customer, kind in [("a", "alert"), ("a", "recovery"), ("a", "alert"), ("b", "alert")]:

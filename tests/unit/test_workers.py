@@ -9,12 +9,13 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from consumer.harness import free_port
-from consumer.health import Response, serve_routes
-from consumer.metrics import Metrics
+from consumer.bench.harness import free_port
+from consumer.net import Response
+from consumer.ops.watch import scrape
+from consumer.serve.health import serve_routes
+from consumer.serve.metrics import Metrics
+from consumer.serve.workers import Worker, merged_metrics, usable_cores, worker_count
 from consumer.settings import load_settings
-from consumer.watch import scrape
-from consumer.workers import Worker, merged_metrics, usable_cores, worker_count
 from state.errors import ConfigError
 
 

@@ -23,7 +23,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer, TopicPartition
 from numpy.typing import NDArray
 
-from consumer import failpoints
+from consumer.serve import failpoints
 from state.errors import KafkaUnavailable
 from state.events import SCHEMA_VERSION
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import redis
 from confluent_kafka import Consumer, Producer
 
-from consumer.emit import next_action_values
-from consumer.scoring import ModelRunner
-from consumer.source import EventDecoder
+from consumer.serve.emit import next_action_values
+from consumer.serve.scoring import ModelRunner
+from consumer.serve.source import EventDecoder
 from state.encoding import encode
 from state.store import TOO_LATE, StateStore
 

@@ -17,10 +17,10 @@ from collections.abc import Callable
 import redis
 from confluent_kafka import Consumer, KafkaException, Message
 
-from consumer.erasure import erase_customer
-from consumer.metrics import Metrics
+from consumer.ops.erasure import erase_customer
+from consumer.serve.metrics import Metrics
+from consumer.serve.source import decode_profile, next_offsets, poll_batch, read_again_later
 from consumer.settings import Settings
-from consumer.source import decode_profile, next_offsets, poll_batch, read_again_later
 from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS
 from state.store import StateStore
 

@@ -7,7 +7,7 @@ Phases, each on fresh topics, a fresh consumer group and a fresh Redis key prefi
  2. latency: a producer at a fixed rate (default half the throughput) for a warm-up and then
     a fixed time; latency is output produce timestamp minus input produce timestamp, both as
     stored by the broker, joined by event_id; outputs of the warm-up's inputs are reported apart;
- 3. baseline: the same model, broker and Redis, one event at a time (consumer/baseline.py);
+ 3. baseline: the same model, broker and Redis, one event at a time (consumer/bench/baseline.py);
  4. inference alone per batch size; Redis bytes per customer; scorer peak RSS;
  5. with --instances 2: two scorers in one group, every event_id counted.
 Figures are ratios within one run and medians over --repeat runs: these machines are noisy.
@@ -31,20 +31,20 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
-from consumer.bench_plots import plot_latency, split_warmup
-from consumer.cpu import CpuMeter, find_pid, process_cpu_seconds, process_tree
-from consumer.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
-from consumer.infer_alone import time_batches
-from consumer.loadgen import event_values, send
+from consumer.bench.cpu import CpuMeter, find_pid, process_cpu_seconds, process_tree
+from consumer.bench.harness import ScorerProcess, predictions_by_event, read_topic, running, wait_for
+from consumer.bench.infer_alone import time_batches
+from consumer.bench.loadgen import event_values, send
+from consumer.bench.plots import plot_latency, split_warmup
+from consumer.ops.watch import AlertFlips, Scrape, scrape
+from consumer.serve.topics import ensure_topics, topic_names
+from consumer.serve.workers import worker_count
 from consumer.settings import Settings, mask_url
-from consumer.topics import ensure_topics, topic_names
-from consumer.watch import AlertFlips, Scrape, scrape
-from consumer.workers import worker_count
 from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.simulate import simulate
 
-BASELINE_EVENTS = 2_000  # design.md "Bench defaults": the per-event baseline runs on a ~2k sample
+BASELINE_EVENTS = 2_000  # docs/design.md, "Numbers the checks use": the per-event baseline runs on a ~2k sample
 BASELINE_WARMUP = 50
 STEADY = (0.05, 0.95)
 SCRAPE_EVERY_S = 0.5  # each /metrics scrape costs the scorer CPU: the observer must not slow the measured
@@ -309,7 +309,7 @@ class Bench:
     def baseline(self, records: list[tuple[bytes, bytes]], runner: Any, tag: str) -> float:
         """One per-event run on topics, a group and state of its own (`tag`): a repeat on the
         same ones would meet its events again as duplicates."""
-        from consumer.baseline import run_baseline
+        from consumer.bench.baseline import run_baseline
 
         phase = self.phase(tag)
         send(records, phase.settings.topics.events, self.settings.kafka_config(), progress=False)
@@ -421,7 +421,7 @@ def preflight(settings: Settings, timeout_s: float = 10.0) -> None:
 
 
 def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-    from consumer.scoring import ModelRunner, configure_threads
+    from consumer.serve.scoring import ModelRunner, configure_threads
     from training.registry import resolve_model_dir, smoke_inputs
 
     # inference alone and the baseline run in this process, on the scorer's thread count; it is

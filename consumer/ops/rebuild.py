@@ -26,9 +26,9 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer import silence
+from consumer.serve import silence
+from consumer.serve.source import EventDecoder
 from consumer.settings import Settings
-from consumer.source import EventDecoder
 from state.encoding import FeatureSpec
 from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import STATUS_NAMES, StateStore

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.emit import Emitter
+from consumer.serve.emit import Emitter
 from consumer.settings import Settings
 from state.errors import ConfigError, KafkaUnavailable
 from state.events import InvalidReason

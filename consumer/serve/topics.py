@@ -8,7 +8,7 @@ import time
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from consumer.emit import PRODUCER_MAX_MESSAGE_BYTES
+from consumer.serve.emit import PRODUCER_MAX_MESSAGE_BYTES
 from consumer.settings import Settings
 from state.errors import KafkaUnavailable
 

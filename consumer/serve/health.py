@@ -10,27 +10,16 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from consumer.http_server import REQUEST_TIMEOUT_S, GuardedHTTPServer
+from consumer.net import Response, Route
+from consumer.serve.http_server import REQUEST_TIMEOUT_S, GuardedHTTPServer
 from state.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class Response:
-    status: int
-    body: bytes
-    content_type: str
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-Route = Callable[[str], Response]  # the query string in, the response out
 
 
 class HealthState:

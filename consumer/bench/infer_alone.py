@@ -3,7 +3,7 @@
 `seqscore bench` times inference on the scorer's own path (TensorFlow; the ragged LSTM on a
 CPU). A GPU machine without TensorFlow runs the same `model.keras` on JAX or PyTorch:
 
-    KERAS_BACKEND=jax python -m consumer.infer_alone MODEL_DIR --sizes 1,256,4096,65536 --json out.json
+    KERAS_BACKEND=jax python -m consumer.bench.infer_alone MODEL_DIR --sizes 1,256,4096,65536 --json out.json
 
 Only Keras, NumPy and the registry's loader are imported, so this runs where the rest of
 seqscore (Kafka, Redis, TensorFlow) is not installed. The inputs are the manifest's sample
@@ -113,7 +113,7 @@ def _sizes(text: str) -> list[int]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m consumer.infer_alone", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m consumer.bench.infer_alone", description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="a model version directory, or a registry (its CURRENT version)")
     parser.add_argument("--sizes", type=_sizes, default=list(BATCH_SIZES), help="batch sizes, comma-separated")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 from confluent_kafka import Producer
 
-from consumer.emit import JAVA_PARTITIONER
+from consumer.serve.emit import JAVA_PARTITIONER
 from state.errors import KafkaUnavailable
 from training.simulate import CHANNELS, SimulatedHistory
 

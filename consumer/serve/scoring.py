@@ -8,7 +8,7 @@ otherwise on the CPU.
 
 Most customers have far fewer events than the window. Windows are pre-padded and the LSTM
 skips masked steps, so on the CPU the recurrent part runs over each row's real steps only,
-all rows in one call (consumer/ragged.py): the cost follows the real history. The Keras
+all rows in one call (consumer/serve/ragged.py): the cost follows the real history. The Keras
 graph serves where that does not apply (XLA, a GPU's fused kernels, a model the ragged path
 does not describe): there rows are grouped by length into LENGTH_BUCKETS and each group
 runs over its bucket's length only, which is exact for the same reason.
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from consumer.ragged import RaggedForward, unsupported
+from consumer.serve.ragged import RaggedForward, unsupported
 from state.encoding import FIRST_TOKEN, N_STEP_FEATURES, FeatureSpec
 from state.errors import SeqscoreError
 from training.registry import load_model, smoke_inputs

@@ -9,13 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from confluent_kafka import Consumer, Message
+
+from consumer.net import free_port, http_get
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.05, what: str = "") -> object:
@@ -28,25 +29,6 @@ def wait_for(condition: Callable[[], object], timeout: float = 30.0, interval: f
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout}s waiting for {what or condition}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def http_get(url: str, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
-    """(status, body) of a GET; (0, b"") when nothing answers."""
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
 
 
 class ScorerProcess:
@@ -137,7 +119,7 @@ def predictions_by_event(messages: list[Message]) -> dict[str, list[dict[str, ob
     return out
 
 
-# design.md, "Same output after a crash": a row's float result depends on the batch it was
+# docs/design.md, "Numbers the checks use" (same output after a crash): a row's float result depends on the batch it was
 # scored in (the matrix kernels pick their blocking by batch size), so two runs that batch the
 # same events differently agree to float rounding, not bit for bit.
 PROBABILITY_TOLERANCE = 1e-5

@@ -36,8 +36,9 @@ from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-from consumer.harness import free_port, http_get
-from consumer.health import SEGMENT_PAGES, Response, json_response, serve_routes
+from consumer.bench.harness import free_port, http_get
+from consumer.net import Response
+from consumer.serve.health import SEGMENT_PAGES, json_response, serve_routes
 from consumer.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -24,8 +24,8 @@ import numpy as np
 import redis
 from numpy.typing import NDArray
 
-from consumer import segments
-from consumer.health import Response
+from consumer.net import Response
+from consumer.segments import scan as segments
 
 TABLE_ROWS = 200
 BINS = 20

@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import HistogramMetricFamily
 from prometheus_client.utils import floatToGoString
 
-from consumer.policy import SUPPRESS_REASONS
+from consumer.serve.policy import SUPPRESS_REASONS
 from state.events import InvalidReason
 from state.store import STATUS_NAMES
 

@@ -42,17 +42,25 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from numpy.typing import NDArray
 
-from consumer import failpoints, silence
-from consumer.emit import DeliveryFailed, Emitter, churn_alert_value, dead_letter, next_action_values
-from consumer.health import HealthState, serve_http
-from consumer.metrics import Metrics
-from consumer.policy import SUPPRESS_REASONS, AlertPolicy, Decisions, Gated, NextActionPolicy, decide, gate_next_actions
-from consumer.profiles import ProfileFollower
-from consumer.scoring import ModelRefused, ModelRunner
-from consumer.segments_page import PageContext, SegmentsPage
+from consumer.segments.page import PageContext, SegmentsPage
+from consumer.serve import failpoints, silence
+from consumer.serve.emit import DeliveryFailed, Emitter, churn_alert_value, dead_letter, next_action_values
+from consumer.serve.health import HealthState, serve_http
+from consumer.serve.metrics import Metrics
+from consumer.serve.policy import (
+    SUPPRESS_REASONS,
+    AlertPolicy,
+    Decisions,
+    Gated,
+    NextActionPolicy,
+    decide,
+    gate_next_actions,
+)
+from consumer.serve.profiles import ProfileFollower
+from consumer.serve.scoring import ModelRefused, ModelRunner
+from consumer.serve.source import EventDecoder, next_offsets, poll_batch, read_again_later
+from consumer.serve.topics import dead_letter_limit, ensure_topics
 from consumer.settings import ModelSettings, Settings
-from consumer.source import EventDecoder, next_offsets, poll_batch, read_again_later
-from consumer.topics import dead_letter_limit, ensure_topics
 from state.encoding import activity_codes, encode
 from state.errors import Fenced, KafkaUnavailable
 from state.store import (

@@ -1,0 +1,1 @@
+"""Operator commands: state rebuild, DLQ replay, erasure, watch."""

@@ -1,0 +1,1 @@
+"""Customer segments from the stored windows: the scan and the /segments page."""

@@ -1,0 +1,1 @@
+"""The serving path: poll, decode, state, encode, infer, decide, emit, store, commit."""
