@@ -27,3 +27,8 @@ class KafkaUnavailable(SeqscoreError):
 class Fenced(SeqscoreError):
     """A write for partitions another member has claimed since (exactly-once): this member is a
     zombie for them, and what it has not committed is void."""
+
+
+class StateScriptError(SeqscoreError):
+    """A state script failed inside Redis: a bug in the script or its arguments, not an
+    outage, so waiting for Redis would stall for ever."""

@@ -26,7 +26,8 @@ import bisect
 import hashlib
 import secrets
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -37,7 +38,7 @@ from numpy.typing import NDArray
 from redis.client import Pipeline
 
 from state.encoding import RawWindows, window_index
-from state.errors import Fenced
+from state.errors import Fenced, StateScriptError
 
 HEADER_DTYPE = np.dtype(  # as the script returns it
     [
@@ -106,6 +107,20 @@ def event_tag(event_id: str, key: bytes = b"") -> int:
     if key == LEGACY_TAG_KEY:
         return zlib.crc32(data)
     return int.from_bytes(hashlib.blake2b(data, digest_size=4, key=key).digest(), "little")
+
+
+@contextmanager
+def script_errors() -> Iterator[None]:
+    """A script that fails inside Redis raises StateScriptError, so that callers retrying Redis
+    outages do not wait on a bug for ever."""
+    try:
+        yield
+    except redis.exceptions.NoScriptError:
+        raise  # a restarted Redis: loaded again by the caller
+    except redis.ResponseError as exc:
+        if "user_script" in str(exc) or "Error running script" in str(exc):
+            raise StateScriptError(str(exc)) from exc
+        raise
 
 
 @dataclass
@@ -368,7 +383,8 @@ class StateStore:
     def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
         """Apply and store the batch in one round trip; return every event's window position."""
         customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
-        reply = self._apply(keys=keys, args=args)
+        with script_errors():
+            reply = self._apply(keys=keys, args=args)
         if reply == FENCED:
             raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
         return self._applied(customers, customer_index, reply)
@@ -443,7 +459,8 @@ class StateStore:
             pipe = self.client.pipeline(transaction=False)
             queue(pipe)
             try:
-                return pipe.execute(raise_on_error=True)
+                with script_errors():
+                    return pipe.execute(raise_on_error=True)
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
@@ -571,7 +588,8 @@ class StateStore:
         """Undo the partition's last write if its transaction never committed (the group's
         committed offset is below that write's end); returns the windows restored, -1 if the
         write stands. Either way its undo record is dropped."""
-        return int(self._rollback(args=[self.prefix, partition, committed_offset, self.ttl]))
+        with script_errors():
+            return int(self._rollback(args=[self.prefix, partition, committed_offset, self.ttl]))
 
     def quiet_key(self, partition: int) -> str:
         return f"{self.prefix}:quiet:{partition}"

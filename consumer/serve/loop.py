@@ -26,15 +26,12 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 import logging
 import signal
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -44,45 +41,39 @@ from numpy.typing import NDArray
 
 from consumer.segments.page import PageContext, SegmentsPage
 from consumer.serve import failpoints, silence
-from consumer.serve.emit import DeliveryFailed, Emitter, churn_alert_value, dead_letter, next_action_values
+from consumer.serve.emit import DeliveryFailed, Emitter, dead_letter
 from consumer.serve.health import HealthState, serve_http
+from consumer.serve.lag import LagTracker
 from consumer.serve.metrics import Metrics
+from consumer.serve.model_watch import ModelWatcher
+from consumer.serve.outputs import Policies, Scored, decide_outputs
 from consumer.serve.policy import (
-    SUPPRESS_REASONS,
     AlertPolicy,
-    Decisions,
-    Gated,
     NextActionPolicy,
-    decide,
-    gate_next_actions,
 )
 from consumer.serve.profiles import ProfileFollower
-from consumer.serve.scoring import ModelRefused, ModelRunner
+from consumer.serve.retry import RedisRetry
+from consumer.serve.scoring import ModelRunner
 from consumer.serve.source import EventDecoder, next_offsets, poll_batch, read_again_later
 from consumer.serve.topics import dead_letter_limit, ensure_topics
-from consumer.settings import ModelSettings, Settings
+from consumer.settings import Settings
 from state.encoding import activity_codes, encode
 from state.errors import Fenced, KafkaUnavailable
 from state.store import (
     APPLIED,
-    FLAG_ALERTED,
     LATE_INSERTED,
     STATUS_NAMES,
     TOO_LATE,
-    UPDATE_ARG_DTYPE,
     AppliedBatch,
     EventBatch,
     PendingWrite,
     StateStore,
 )
-from training.registry import Registry, resolve_model_dir
+from training.registry import Registry
 
 log = logging.getLogger(__name__)
 
-LAG_EVERY_S = 1.0
-LAG_QUERY_BUDGET_S = 1.0  # a broker that does not answer must not hold up a stop request for long
 SWEEP_STEP_S = 86_400
-REFUSED_RETRY_S = 300.0  # a refused model version is tried again after this long
 # exactly-once: a newly assigned partition's committed offsets are asked for once a second
 # while they are not stable, each time waiting longer (the first figure doubling up to the
 # second), so that a slow broker is waited for and a stuck one holds up the loop briefly
@@ -119,121 +110,6 @@ def finite_rows(proba: NDArray[np.floating[Any]], risk: NDArray[np.floating[Any]
     return np.asarray(np.isfinite(proba).all(axis=1) & risk_finite.all(axis=1))
 
 
-def has_offset(tp: TopicPartition) -> bool:
-    """Whether a position or committed offset is a real offset (not librdkafka's OFFSET_INVALID)."""
-    return tp.offset is not None and tp.offset >= 0
-
-
-class ModelWatcher:
-    """Polls the registry's CURRENT; loads and smoke-tests a new version in a background thread.
-
-    A version that fails to load is refused and the serving one kept; it is tried again after
-    REFUSED_RETRY_S (a failure may have been passing: memory, a network file system). At
-    start-up a CURRENT that does not load falls back to the newest promoted version that does.
-    """
-
-    def __init__(self, registry: Registry, metrics: Metrics, model: ModelSettings) -> None:
-        self.registry = registry
-        self.metrics = metrics
-        self.model = model
-        # the records the state keeps per customer: a model that needs more is refused while
-        # serving (its windows would be cut short); set once the store exists
-        self.window_limit: int | None = None
-        self._ready: ModelRunner | None = None
-        self._lock = threading.Lock()
-        self._refused: dict[str, float] = {}  # version -> when it was refused (monotonic)
-        self._seen: str | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def load_current(self) -> ModelRunner:
-        """Blocking first load at start-up: CURRENT, or, when it does not load, the newest
-        version promoted before it that does (counted as reloads{result="fallback"})."""
-        path = resolve_model_dir(self.registry.root)
-        try:
-            runner = self._load(path)
-        except ModelRefused as refusal:
-            if path.parent.resolve() != self.registry.root.resolve():
-                raise  # a version directory named directly: nothing to fall back to
-            runner = self._fall_back_from(path.name, refusal)
-        self._seen = runner.version
-        self.metrics.reloads.labels("loaded").inc()
-        return runner
-
-    def _fall_back_from(self, current: str, refusal: ModelRefused) -> ModelRunner:
-        self._refuse(current, refusal)
-        for version in reversed(self.registry.promotion_stack()):
-            if version in self._refused or version not in self.registry.versions():
-                continue
-            try:
-                runner = self._load(self.registry.path(version))
-            except ModelRefused as exc:
-                self._refuse(version, exc)
-                continue
-            self.metrics.reloads.labels("fallback").inc()
-            log.error("CURRENT (%s) does not load: serving %s, the newest promoted version that does", current,
-                      version)
-            return runner
-        raise ModelRefused(f"CURRENT ({current}) does not load and no version promoted before it does: {refusal}")
-
-    def _load(self, path: Path) -> ModelRunner:
-        runner = ModelRunner(path, self.model.jit_compile, self.model.threads)
-        if self.window_limit is not None and runner.spec.window > self.window_limit:
-            raise ModelRefused(
-                f"{runner.version}: its window ({runner.spec.window}) is longer than the {self.window_limit} "
-                "records per customer this scorer keeps; restart the scorers to serve it (after `seqscore state "
-                "rebuild`, which fills the longer windows from the events topic)"
-            )
-        return runner
-
-    def _refuse(self, version: str, exc: Exception) -> None:
-        self._refused[version] = time.monotonic()
-        self.metrics.reloads.labels("refused").inc()
-        log.error("model %s refused, keeping the serving model: %s", version, exc)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._watch, name="seqscore-model-watch", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def take(self) -> ModelRunner | None:
-        """The newly loaded model, once, if there is one."""
-        with self._lock:
-            runner, self._ready = self._ready, None
-        return runner
-
-    def _watch(self) -> None:
-        while not self._stop.wait(self.model.poll_seconds):
-            self.poll_once()
-
-    def poll_once(self) -> None:
-        """Load CURRENT when it changed. Nothing raised here may end the watch: a registry that
-        cannot be read for a while (EACCES, ESTALE, a CURRENT that is not text) is logged and
-        counted, and read again at the next poll."""
-        try:
-            current = self.registry.current()
-        except (OSError, ValueError) as exc:
-            self.metrics.reloads.labels("unreadable").inc()
-            log.warning("cannot read the registry's CURRENT (%s): keeping the serving model", exc)
-            return
-        if current is None or current == self._seen:
-            return
-        refused_at = self._refused.get(current)
-        if refused_at is not None and time.monotonic() - refused_at < REFUSED_RETRY_S:
-            return
-        try:
-            runner = self._load(self.registry.path(current))
-        except Exception as exc:  # any failure (ModelRefused or other) refuses the version, never the scorer
-            self._refuse(current, exc)
-            return
-        self._refused.pop(current, None)
-        self._seen = current
-        with self._lock:
-            self._ready = runner
-
-
 class Scorer:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -252,11 +128,9 @@ class Scorer:
         self._unchecked: set[int] = set()
         self._check_at, self._check_timeout_s = 0.0, CHECK_TIMEOUT_S[0]
         self._assignments = 0  # exactly-once assignments so far: a check that spans one starts over
-        self._last_ts_ms: dict[int, int] = {}
         self._clock: dict[int, int] = {}  # events partition -> its event-time clock
         self._clock_by_events: dict[int, tuple[int, float]] = {}  # -> (clock, monotonic time) at its last event
-        self._lag_at = 0.0
-        self._lag: dict[int, int] = {}  # events partition -> records behind, as last known
+        self.lag = LagTracker(self.metrics, self.health, settings.topics.events)
         # the last batch: outputs acknowledged, state not yet stored, offsets not yet stored
         self._pending: tuple[PendingWrite | None, list[Message]] | None = None
         self.http: Any = None
@@ -267,6 +141,7 @@ class Scorer:
         self._delivery_retry_s = DELIVERY_RETRY_S[0]
         self._lost = False  # partitions were lost (not revoked): what is pending or in hand is void
         self._held_back: dict[int, int] = {}  # events partition -> first offset read again (paging)
+        self._with_redis = RedisRetry(self.metrics, self.health, self._keep_membership, self._resume)
 
     # -- set-up ---------------------------------------------------------------------------
     def _open(self) -> None:
@@ -360,7 +235,8 @@ class Scorer:
             outputs.next_action_min_interval_seconds,
             outputs.next_action_quiet_after_alert_seconds,
         )
-        self._class_codes = activity_codes(list(runner.spec.vocabulary))
+        self.policies = Policies(self.policy, self.next_action_policy, tuple(runner.spec.vocabulary),
+                                 activity_codes(list(runner.spec.vocabulary)), runner.version, outputs.top_k)
         settle_heap()
         log.info("serving model %s (%s; %s)", runner.version, self.policy.name, self.next_action_policy.name)
 
@@ -402,8 +278,8 @@ class Scorer:
                 continue
             offset = tp.offset if tp.offset is not None and tp.offset >= 0 else -1
             # claimed first: a former owner's late write can then no longer land after the check
-            self._with_redis(lambda tp=tp: store.claim(tp.partition))
-            restored = self._with_redis(lambda tp=tp, offset=offset: store.rollback(tp.partition, offset))
+            self._with_redis(functools.partial(store.claim, tp.partition))
+            restored = self._with_redis(functools.partial(store.rollback, tp.partition, offset))
             if restored >= 0:
                 log.warning("partition %d: rolled back %d windows of an uncommitted batch (committed offset %d)",
                             tp.partition, restored, offset)
@@ -489,9 +365,7 @@ class Scorer:
         events = sum(1 for topic, _ in self._assigned if topic == self.settings.topics.events)
         self.metrics.assigned.set(events)
         self.health.assigned = events
-        self.metrics.lag_messages.clear()
-        self._lag.clear()
-        self.metrics.lag_seconds.clear()
+        self.lag.clear()
         log.info("assigned %d partitions of %s", events, self.settings.topics.events)
 
     def _commit_now(self) -> None:
@@ -522,7 +396,7 @@ class Scorer:
         read_again_later(self.consumer, self.consumer.poll(0))
         # a wait is when ops most need to see the lag grow, and a paused consumer's fetches no
         # longer bring the high watermarks: ask the broker
-        self._update_lag(from_broker=True)
+        self.lag.update(self.consumer, self._assigned, from_broker=True)
 
     def _resume(self) -> None:
         assert self.consumer is not None
@@ -579,7 +453,7 @@ class Scorer:
         batch = self.settings.batch
         messages = poll_batch(self.consumer, batch.max_batch, batch.max_wait_ms, batch.min_batch)
         timers["poll"].observe(time.perf_counter() - started)
-        self._update_lag()
+        self.lag.update(self.consumer, self._assigned)
         if not messages:
             self._flush_pending()
             return self._advance_idle_clocks()
@@ -769,7 +643,7 @@ class Scorer:
         that fails is aborted and the scorer stops: its state was stored, and only the next
         owner's rollback (on assignment) makes the replay whole again."""
         assert self.consumer is not None and self.emitter is not None
-        self._note_record_times(messages)
+        self.lag.note_record_times(messages)
         offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
         failpoints.hit("state_stored_before_commit")  # the window the undo record exists for
         try:
@@ -852,7 +726,7 @@ class Scorer:
         timers["infer"].observe(time.perf_counter() - t)
 
         t = time.perf_counter()
-        self._emit(applied, events, event_ids, emit, quiet, proba_all, risk_all, forecast, write, report)
+        self._emit(Scored(applied, events, event_ids, emit, quiet, proba_all, risk_all, forecast), write, report)
         timers["produce"].observe(time.perf_counter() - t)
         return write
 
@@ -876,130 +750,22 @@ class Scorer:
         emit = emit[finite[:n_events]]
         return emit, quiet, {k: v[finite] for k, v in inputs.items()}, proba[finite], risk[finite]
 
-    def _emit(
-        self,
-        applied: AppliedBatch,
-        events: EventBatch,
-        event_ids: list[str],
-        emit: NDArray[np.int64],
-        quiet: silence.Silences,
-        proba: NDArray[np.float32],
-        risk: NDArray[np.float32],
-        forecast: NDArray[np.int64] | None,
-        write: PendingWrite,
-        report: BatchReport,
-    ) -> None:
-        """Decide in stream order (a silence comes just before the event at which the stream
-        reached its mark), produce what the policies let through, and put the new alert,
-        cap and latest-prediction state into the write."""
-        assert self.emitter is not None and self.runner is not None
-        s, runner = self.settings, self.runner
-        n_events = len(emit)
-        customer = np.concatenate([applied.customer_index[emit], quiet.customer])
-        ts = np.concatenate([events.ts[emit], quiet.as_of])
-        order = np.argsort(np.concatenate([2 * emit + 1, 2 * quiet.before_event]), kind="stable")
-        headers = applied.headers
-        decisions = decide(
-            self.policy,
-            customer[order],
-            risk[order],
-            ts[order],
-            (headers["flags"] & FLAG_ALERTED).astype(bool),
-            headers["alert_ts"].astype(np.int64),
-        )
-        is_event = order < n_events
-        gated = gate_next_actions(
-            self.next_action_policy,
-            customer[order][is_event],
-            ts[order][is_event],
-            proba[order[is_event]].max(axis=1, initial=0.0),
-            decisions.row_alerted[is_event],
-            decisions.row_alert_ts[is_event],
-            headers["nba_ts"].astype(np.int64),
-        )
-        send = np.zeros(n_events, dtype=bool)
-        send[order[is_event]] = gated.emit
-        for reason, held in zip(SUPPRESS_REASONS, np.bincount(gated.reason + 1, minlength=4)[1:], strict=True):
-            if held:
-                self.metrics.suppressed.labels(reason).inc(int(held))
-
-        rows = emit[send]
-        customer_ids = [events.customer_ids[i] for i in rows]
-        values = next_action_values(
-            [event_ids[i] for i in rows],
-            customer_ids,
-            events.ts[rows],
-            proba[:n_events][send],
-            risk[:n_events][send],
-            runner.spec.vocabulary,
-            runner.version,
-            s.outputs.top_k,
-            forecast[send] if forecast is not None else None,
-            applied.status[rows] == TOO_LATE,
-            self.next_action_policy.name,
-        )
-        self.emitter.send_many(s.topics.next_actions, customer_ids, values)
-        self.metrics.predictions.inc(len(values))
-        report.predictions = len(values)
-
-        threshold = {"alert": self.policy.alert_threshold, "recovery": self.policy.recovery_threshold}
-        alert_keys, alert_values, alert_counts = [], [], Counter[tuple[str, str]]()
-        for position, kind in zip(decisions.event, decisions.kind, strict=True):
-            row = int(order[position])
-            c = int(customer[row])
-            trigger = "event" if row < n_events else "silence"
-            value = churn_alert_value(
-                kind,
-                trigger,
-                event_ids[int(emit[row])] if row < n_events else None,
-                applied.customers[c],
-                runner.version,
-                float(risk[row]),
-                threshold[kind],
-                int(ts[row]),
-                self.policy.name,
-            )
-            alert_keys.append(applied.customers[c])
-            alert_values.append(value)
-            alert_counts[kind, trigger] += 1
-        self.emitter.send_many(s.topics.churn_alerts, alert_keys, alert_values)
-        for (kind, trigger), count in alert_counts.items():
+    def _emit(self, scored: Scored, write: PendingWrite, report: BatchReport) -> None:
+        """Produce what the policies let through; the new alert, cap and latest-prediction
+        state goes into the batch's state write."""
+        assert self.emitter is not None
+        out = decide_outputs(scored, self.policies)
+        topics = self.settings.topics
+        for reason, held in out.suppressed.items():
+            self.metrics.suppressed.labels(reason).inc(held)
+        self.emitter.send_many(topics.next_actions, out.next_action_keys, out.next_action_values)
+        self.emitter.send_many(topics.churn_alerts, out.alert_keys, out.alert_values)
+        self.metrics.predictions.inc(len(out.next_action_values))
+        for (kind, trigger), count in out.alerts_by.items():
             self.metrics.alerts.labels(kind, trigger).inc(count)
-        report.alerts = len(decisions.kind)
-        if len(customer):
-            # stored with the window, after the outputs are acknowledged: a crash in between
-            # re-sends them (same prediction_id), never loses them
-            ordered = (customer[order], proba[order], risk[order], ts[order])
-            write.set_updates(self._updates(applied, *ordered, decisions, gated))
-
-    def _updates(
-        self,
-        applied: AppliedBatch,
-        customer: NDArray[np.int64],
-        proba: NDArray[np.float32],
-        risk: NDArray[np.float32],
-        ts: NDArray[np.int64],
-        decisions: Decisions,
-        gated: Gated,
-    ) -> NDArray[np.void]:
-        """Header fields of every scored customer after the batch; rows in stream order."""
-        headers = applied.headers
-        alerted = (headers["flags"] & FLAG_ALERTED).astype(bool)
-        alert_ts = headers["alert_ts"].astype(np.int64)
-        alerted[decisions.customers] = decisions.alerted
-        alert_ts[decisions.customers] = decisions.alert_ts
-        reversed_customers = customer[::-1]
-        scored, last_from_end = np.unique(reversed_customers, return_index=True)
-        last = len(customer) - 1 - last_from_end
-        updates = np.zeros(len(scored), UPDATE_ARG_DTYPE)
-        updates["customer"] = scored
-        updates["flags"] = (headers["flags"][scored] & ~np.uint32(FLAG_ALERTED)) | alerted[scored]
-        updates["alert_ts"] = alert_ts[scored]
-        updates["nba_ts"] = gated.nba_ts[scored]
-        updates["pred_code"] = self._class_codes[proba[last].argmax(axis=1)]
-        updates["pred_risk"] = risk[last]
-        updates["pred_ts"] = ts[last]
-        return updates
+        report.predictions, report.alerts = len(out.next_action_values), len(out.alert_values)
+        if out.updates is not None:
+            write.set_updates(out.updates)
 
     def _read_in_pages(
         self, applied: AppliedBatch, events: EventBatch, event_ids: list[str], clocks: dict[int, int] | None
@@ -1033,7 +799,7 @@ class Scorer:
                 self._held_back[partition] = min(offset, self._held_back.get(partition, offset))
             kept = np.flatnonzero(keep)
             events, event_ids = events.take(kept), [event_ids[i] for i in kept.tolist()]
-            applied, write = self._with_redis(lambda events=events: store.preview(events, None, moves))
+            applied, write = self._with_redis(functools.partial(store.preview, events, None, moves))
         return events, event_ids, applied, write
 
     def _report_offsets_behind_state(self, applied: AppliedBatch, events: EventBatch) -> None:
@@ -1070,52 +836,14 @@ class Scorer:
                 moves[partition] = target
         return moves
 
-    def _with_redis(self, call: Any, attempts: int | None = None) -> Any:
-        """Run a Redis call; while Redis is down, pause consumption and retry with backoff.
-        With `attempts` (consumer callbacks, shutdown: no polling allowed) the last failure
-        is raised after that many tries."""
-        delay = 0.1
-        for attempt in itertools.count(1):
-            try:
-                result = call()
-            except redis.RedisError as exc:
-                self.metrics.redis_errors.inc()
-                if isinstance(exc, redis.ResponseError) and "user_script" in str(exc):
-                    raise  # a failing state script is a bug, not an outage: waiting would stall forever
-                if self.health.paused_reason != "redis":
-                    log.error("Redis unavailable, pausing consumption: %s", exc)
-                self.health.paused_reason = "redis"
-                self.metrics.paused.labels("redis").set(1)
-                if attempts is not None and attempt >= attempts:
-                    raise
-                deadline = time.monotonic() + delay
-                while time.monotonic() < deadline:
-                    if attempts is None:
-                        self._keep_membership()
-                    time.sleep(0.05)
-                delay = min(delay * 2, 5.0)
-                continue
-            if self.health.paused_reason == "redis":
-                log.info("Redis is back, resuming")
-                self.health.paused_reason = None
-                self.metrics.paused.labels("redis").set(0)
-                self._resume()
-            return result
-
     def _owned_rows(self, events: EventBatch) -> NDArray[np.bool_]:
         topic = self.settings.topics.events
         owned = np.array(sorted(p for t, p in self._assigned if t == topic), dtype=np.int64)
         return np.isin(events.partition, owned)
 
-    def _note_record_times(self, messages: list[Message]) -> None:
-        for msg in messages:
-            partition = msg.partition()
-            if msg.error() is None and partition is not None:
-                self._last_ts_ms[partition] = msg.timestamp()[1]
-
     def _store_offsets(self, messages: list[Message]) -> None:
         assert self.consumer is not None
-        self._note_record_times(messages)
+        self.lag.note_record_times(messages)
         offsets = [tp for tp in next_offsets(messages) if (tp.topic, tp.partition) in self._assigned]
         if offsets:
             try:
@@ -1123,61 +851,6 @@ class Scorer:
             except KafkaException as exc:  # revoked meanwhile: the new owner replays, state is idempotent
                 self.metrics.kafka_errors.labels("store_offsets").inc()
                 log.warning("storing offsets failed: %s", exc)
-
-    def _update_lag(self, from_broker: bool = False) -> None:
-        """Lag per assigned partition from the consumer's position to the high watermark: the
-        one its fetches brought, or `from_broker` (while paused) one queried within a second in
-        all; a partition the broker does not answer for in time keeps its last figure."""
-        if time.monotonic() - self._lag_at < LAG_EVERY_S or self.consumer is None:
-            return
-        self._lag_at = time.monotonic()
-        topic = self.settings.topics.events
-        partitions = [TopicPartition(t, p) for t, p in self._assigned if t == topic]
-        if not partitions:
-            self.health.lag = 0
-            return
-        now_ms = time.time() * 1000
-        deadline = self._lag_at + LAG_QUERY_BUDGET_S
-        positions = self.consumer.position(partitions)
-        if from_broker:
-            positions = self._from_committed(positions, deadline)
-        for tp in positions:
-            try:
-                if from_broker:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        continue
-                    low, high = self.consumer.get_watermark_offsets(tp, timeout=remaining, cached=False)
-                else:
-                    low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            start = tp.offset
-            if from_broker and not has_offset(tp):
-                start = low  # nothing committed either: where the reset (earliest) starts it
-            if high is None or high < 0 or start is None or start < 0:
-                continue
-            lag = self._lag[tp.partition] = max(0, high - start)
-            self.metrics.lag_messages.labels(str(tp.partition)).set(lag)
-            last = self._last_ts_ms.get(tp.partition)
-            self.metrics.lag_seconds.labels(str(tp.partition)).set(
-                max(0.0, (now_ms - last) / 1000.0) if lag and last else 0.0
-            )
-        self.health.lag = sum(self._lag.values())
-
-    def _from_committed(self, positions: list[TopicPartition], deadline: float) -> list[TopicPartition]:
-        """Where the consumer has not fetched yet since it was assigned a partition, it has no
-        position: it starts from the group's committed offset."""
-        assert self.consumer is not None
-        unknown = [tp for tp in positions if not has_offset(tp)]
-        remaining = deadline - time.monotonic()
-        if not unknown or remaining <= 0:
-            return positions
-        try:
-            committed = {tp.partition: tp for tp in self.consumer.committed(unknown, timeout=remaining)}
-        except KafkaException:
-            return positions
-        return [tp if has_offset(tp) else committed.get(tp.partition, tp) for tp in positions]
 
     def sweep(self, as_of: int, on_step: Callable[[int, BatchReport], None] | None = None) -> BatchReport:
         """Move every partition's stored clock to `as_of` (a day at a time, so a long backfill

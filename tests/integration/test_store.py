@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from state.encoding import activity_code, gather_windows
-from state.errors import Fenced
+from state.errors import Fenced, StateScriptError
 from state.store import (
     APPLIED,
     DUPLICATE,
@@ -26,6 +26,7 @@ from state.store import (
     PendingWrite,
     StateStore,
     event_tag,
+    script_errors,
 )
 from training.history import history_from_table, history_table
 from training.simulate import simulate
@@ -651,3 +652,12 @@ def test_each_state_has_its_own_tag_key_shared_by_its_members(store: StateStore,
         for prefix in (fresh, other, old):
             for key in store.client.scan_iter(f"{prefix}:*"):
                 store.client.delete(key)
+
+
+def test_a_script_that_fails_inside_redis_is_a_state_script_error_not_an_outage(store: StateStore) -> None:
+    """The loop retries Redis errors for as long as an outage lasts; a script's own error is a
+    bug that no wait ends, so it comes out typed and is not retried."""
+    with pytest.raises(StateScriptError), script_errors():
+        store.client.eval("return nil + 1", 0)
+    with pytest.raises(redis.ConnectionError), script_errors():
+        raise redis.ConnectionError("an outage stays what it is")

@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from consumer.serve import loop as app
-from consumer.serve.loop import ModelWatcher
+from consumer.serve import model_watch
 from consumer.serve.metrics import Metrics
+from consumer.serve.model_watch import ModelWatcher
 from consumer.serve.scoring import ModelRefused, ModelRunner
 from consumer.settings import ModelSettings
 from tests.registry_copies import copy_version
@@ -115,7 +115,7 @@ def test_a_refused_version_is_tried_again_after_a_while(
     shutil.copy(reg.path(good) / "model.keras", reg.path(fixed_later) / "model.keras")
     watcher.poll_once()
     assert watcher.take() is None, "not before REFUSED_RETRY_S"
-    monkeypatch.setattr(app, "REFUSED_RETRY_S", 0.0)
+    monkeypatch.setattr(model_watch, "REFUSED_RETRY_S", 0.0)
     watcher.poll_once()
     runner = watcher.take()
     assert runner is not None and runner.version == fixed_later
