@@ -396,6 +396,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from consumer.ops.sweep import sweep
     from consumer.serve.emit import iso
     from consumer.serve.loop import BatchReport, Scorer
     from consumer.settings import load_settings
@@ -408,7 +409,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"\rsweep: clocks at {iso(clock)}: {report.silences} silences scored, {report.alerts} alerts",
               end="", file=sys.stderr, flush=True)
 
-    report = Scorer(settings).sweep(args.as_of, progress)
+    report = sweep(Scorer(settings), args.as_of, progress)
     print(file=sys.stderr)
     print(f"swept to {iso(args.as_of)}: {report.silences} silent customers scored, {report.alerts} churn alerts")
     return 0

@@ -5,6 +5,7 @@ never share counters."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterator
 
@@ -16,7 +17,9 @@ from prometheus_client.utils import floatToGoString
 
 from consumer.serve.policy import SUPPRESS_REASONS
 from state.events import InvalidReason
-from state.store import STATUS_NAMES
+from state.store import STATUS_NAMES, AppliedBatch, EventBatch
+
+log = logging.getLogger(__name__)
 
 STAGES = ("poll", "decode", "state", "encode", "infer", "produce", "commit")
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -160,3 +163,25 @@ class BatchHistogram:
             buckets=[(floatToGoString(b), float(c)) for b, c in zip(self.bounds.tolist(), cumulative, strict=True)],
             sum_value=total,
         )
+
+
+def count_state_reply(metrics: Metrics, applied: AppliedBatch, events: EventBatch) -> None:
+    """What the state read found, per event: applied, replayed, repeated, late; and, logged,
+    what an operator must act on (customers on two partitions, offsets behind the state)."""
+    moved = int(applied.moved.sum())
+    if moved:
+        metrics.partition_changes.inc(moved)
+        log.warning("%d events of customers whose previous event came from another partition: key the "
+                    "events topic by customer_id (murmur2, as Java clients do)", moved)
+    counts = np.bincount(applied.status, minlength=len(STATUS_NAMES))
+    for status, name in enumerate(STATUS_NAMES):
+        if counts[status]:
+            metrics.state.labels(name).inc(int(counts[status]))
+    behind = applied.behind_state
+    for partition in np.unique(events.partition[behind]).tolist():
+        rows = behind & (events.partition == partition)
+        metrics.offsets_behind_state.labels(str(partition)).inc(int(rows.sum()))
+        log.warning("partition %d: %d events at offsets %d..%d are behind what the state holds for their "
+                    "customers and not in their windows: a re-created topic or an offset reset? They are "
+                    "applied as new events (docs/serving.md, 'Offsets behind the state')", partition,
+                    int(rows.sum()), int(events.offset[rows].min()), int(events.offset[rows].max()))

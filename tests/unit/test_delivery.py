@@ -144,10 +144,12 @@ def failed_scorer(monkeypatch: pytest.MonkeyPatch) -> Scorer:
     monkeypatch.setattr("consumer.serve.loop.dead_letter_limit", lambda settings: 1_000_000)
     scorer.consumer = FakeConsumer()  # type: ignore[assignment]
     scorer.store = FakeStore()  # type: ignore[assignment]
-    scorer.emitter = Emitter(NOWHERE)
-    scorer.emitter._delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
-    scorer._assigned = {("activity-events", 1)}
-    scorer._pending = (object(), [incoming(b"{}", offset=7), incoming(b"{}", offset=8)])  # type: ignore[assignment]
+    emitter = Emitter(NOWHERE)
+    scorer.checkpoint.open(scorer.consumer, scorer.store, emitter)
+    emitter._delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    scorer.membership.consumer, scorer.membership.store = scorer.consumer, scorer.store  # type: ignore[assignment]
+    scorer.membership.assigned.add(("activity-events", 1))
+    scorer.checkpoint.pending = (object(), [incoming(b"{}", offset=7), incoming(b"{}", offset=8)])  # type: ignore[assignment]
     return scorer
 
 
@@ -155,23 +157,23 @@ def test_close_after_a_failed_delivery_neither_stores_nor_commits_the_batch(fail
     consumer = failed_scorer.consumer
     store = failed_scorer.store
     with pytest.raises(DeliveryFailed):  # how the loop learns of it, in the next batch's wait for acks
-        failed_scorer._await_acks(keep_membership=False)
+        failed_scorer.checkpoint.await_acks(keep_membership=False)
     failed_scorer.close()
     assert store.writes == []  # type: ignore[union-attr]
     assert [name for name, _ in consumer.calls] == ["close"]  # type: ignore[union-attr]
 
 
 def test_a_revocation_after_a_failed_delivery_commits_nothing(failed_scorer: Scorer) -> None:
-    failed_scorer._on_revoke(failed_scorer.consumer, [TopicPartition("activity-events", 1)])  # type: ignore[arg-type]
+    failed_scorer.membership.on_revoke(failed_scorer.consumer, [TopicPartition("activity-events", 1)])  # type: ignore[arg-type]
     assert failed_scorer.store.writes == []  # type: ignore[union-attr]
     assert failed_scorer.consumer.calls == []  # type: ignore[union-attr]
 
 
 def test_a_failed_batch_is_sent_again_from_its_first_offset_and_readyz_fails_meanwhile(failed_scorer: Scorer) -> None:
-    failed_scorer._delivery_retry_s = 0.0
+    failed_scorer.checkpoint.delivery_retry_s = 0.0
     failed_scorer._send_again_after(DeliveryFailed("MSG_SIZE_TOO_LARGE"))
     assert failed_scorer.consumer.calls == [("seek", ("activity-events", 1, 7))]  # type: ignore[union-attr]
-    assert failed_scorer._pending is None and failed_scorer.store.writes == []  # type: ignore[union-attr]
+    assert failed_scorer.checkpoint.pending is None and failed_scorer.store.writes == []  # type: ignore[union-attr]
     ready, problems = failed_scorer.health.ready()
     assert not ready and "paused: output delivery unavailable" in problems
     assert failed_scorer.metrics.kafka_errors.labels("delivery")._value.get() == 1
@@ -252,5 +254,5 @@ def test_a_record_returned_while_keeping_membership_is_fetched_again_not_skipped
     or the offsets after it would commit past it (audit B4)."""
     consumer = failed_scorer.consumer
     consumer.poll = lambda timeout: incoming(b"{}", offset=41)  # type: ignore[union-attr, method-assign]
-    failed_scorer._keep_membership()
+    failed_scorer.membership.keep()
     assert ("seek", ("activity-events", 1, 41)) in consumer.calls  # type: ignore[union-attr]
