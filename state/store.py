@@ -1,16 +1,6 @@
 """Per-customer state in Redis: raw rolling windows, applied for a whole batch in one round trip.
 
-Key layout (each customer's keys share the hash tag `{c:ID}`, so they live in one Redis
-Cluster slot):
-
-    {prefix}:{c:ID}:w   packed window: 44-byte header (alert state, the latest prediction)
-                        + 16-byte records (see scripts/apply_batch.lua)
-    {prefix}:{c:ID}:p   profile: 2 bytes (gender index, age-group index; 255 = unknown)
-    {prefix}:quiet:P    sorted set: customers of events partition P by last event time,
-                        while younger than the last silence mark
-    {prefix}:clock      hash: events partition -> its event-time clock (epoch seconds)
-    {prefix}:version    hash: events partition -> a counter every write of its state moves
-    {prefix}:tag-key    the secret key of the event tags (event_tag), made by the first writer
+What is stored, under which keys and in which binary layout: state/layout.py.
 
 State is raw (event time, activity codes, an event_id tag), never model tokens, so a new
 vocabulary or window needs no migration. One EVALSHA applies a batch idempotently: replayed
@@ -23,6 +13,7 @@ slots, so it needs a single Redis (or one call per Cluster node, grouping custom
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 import secrets
 import zlib
@@ -39,64 +30,35 @@ from redis.client import Pipeline
 
 from state.encoding import RawWindows, window_index
 from state.errors import Fenced, StateScriptError
-
-HEADER_DTYPE = np.dtype(  # as the script returns it
-    [
-        ("offset", "<f8"),
-        ("partition", "<u4"),
-        ("n_records", "<u4"),
-        ("first_ts", "<u4"),
-        ("alert_ts", "<u4"),
-        ("flags", "<u4"),
-        ("count", "<u4"),
-        ("nba_ts", "<u4"),
-        ("pred_code", "<u4"),
-        ("pred_risk", "<f4"),
-        ("pred_ts", "<u4"),
-    ]
+from state.layout import (  # noqa: F401  (re-exported: the store's callers use these names)
+    APPLIED,
+    BEHIND_FLAG,
+    CLOCK_DTYPE,
+    DUE_DTYPE,
+    DUPLICATE,
+    EVENT_ARG_DTYPE,
+    EVENT_DTYPE,
+    FENCED,
+    FLAG_ALERTED,
+    FLAG_ERASED,
+    HEADER_DTYPE,
+    LATE_INSERTED,
+    LEGACY_TAG_KEY,
+    MAX_DUE,
+    MOVED_FLAG,
+    PRECOMPUTED_DTYPE,
+    RECORD_DTYPE,
+    REPLAY,
+    STATUS_NAMES,
+    STORED_HEADER_BYTES,
+    STORED_HEADER_DTYPE,
+    TAG_KEY_BYTES,
+    TOO_LATE,
+    UPDATE_ARG_DTYPE,
+    VERSION_ARG_DTYPE,
+    ApplyArgs,
+    Keys,
 )
-STORED_HEADER_DTYPE = np.dtype(  # as the window value starts
-    [
-        ("offset", "<f8"),
-        ("partition", "<u4"),
-        ("count", "<u4"),
-        ("first_ts", "<u4"),
-        ("alert_ts", "<u4"),
-        ("flags", "<u4"),
-        ("nba_ts", "<u4"),
-        ("pred_code", "<u4"),
-        ("pred_risk", "<f4"),
-        ("pred_ts", "<u4"),
-    ]
-)
-RECORD_DTYPE = np.dtype([("ts", "<u4"), ("coarse", "<u4"), ("fine", "<u4"), ("tag", "<u4")])
-EVENT_DTYPE = np.dtype([("status", "<u2"), ("position", "<u2")])
-MOVED_FLAG = 256  # in an event's status word: see apply_batch.lua
-BEHIND_FLAG = 512  # likewise: applied although its window had passed its offset
-STORED_HEADER_BYTES = STORED_HEADER_DTYPE.itemsize
-EVENT_ARG_DTYPE = np.dtype(
-    [("customer", "<u4"), ("partition", "<u4"), ("offset", "<f8"), ("ts", "<u4"), ("coarse", "<u4"),
-     ("fine", "<u4"), ("tag", "<u4")]
-)
-UPDATE_ARG_DTYPE = np.dtype(
-    [("customer", "<u4"), ("flags", "<u4"), ("alert_ts", "<u4"), ("nba_ts", "<u4"), ("pred_code", "<u4"),
-     ("pred_risk", "<f4"), ("pred_ts", "<u4")]
-)
-DUE_DTYPE = np.dtype([("customer", "<u4"), ("partition", "<u4"), ("last_ts", "<u4"), ("mark", "<u4")])
-CLOCK_DTYPE = np.dtype([("partition", "<u4"), ("c0", "<u4"), ("c1", "<u4"), ("version", "<f8")])
-PRECOMPUTED_DTYPE = np.dtype([("length", "<u4"), ("last_ts", "<u4"), ("partition", "<u4")])
-VERSION_ARG_DTYPE = np.dtype([("partition", "<u4"), ("version", "<f8")])
-FLAG_ALERTED = 1
-FLAG_ERASED = 2  # a tombstone window: see erase()
-
-APPLIED, REPLAY, DUPLICATE, LATE_INSERTED, TOO_LATE = range(5)
-MAX_DUE = 20_000  # customers one clock move finds due at one mark on one partition
-FENCED = -1  # a write's reply when another member claimed its partitions since (apply_batch.lua, "Owners")
-STATUS_NAMES = ("applied", "replay", "duplicate", "late_inserted", "too_late")
-
-
-TAG_KEY_BYTES = 16
-LEGACY_TAG_KEY = b"crc32"  # state written before tags were keyed: see StateStore.tag_key
 
 
 def event_tag(event_id: str, key: bytes = b"") -> int:
@@ -273,7 +235,7 @@ class PendingWrite:
     Redis stores as they are when nothing else wrote the batch's partitions in between."""
 
     keys: list[str]
-    args: list[int | str | bytes]  # the script's arguments for this batch, mode 'w', no updates yet
+    args: ApplyArgs  # the script's arguments for this batch, mode 'w', no updates yet
     read: AppliedBatch | None = None
     capacity: int = 0
     updates: NDArray[np.void] | None = None
@@ -283,15 +245,15 @@ class PendingWrite:
         batch's customer order, the due customers after the batch's own)."""
         packed = updates.astype(UPDATE_ARG_DTYPE, copy=True)
         packed["customer"] += 1
-        self.args[5] = len(packed)
-        self.args[7] = packed.tobytes()
+        self.args.n_updates = len(packed)
+        self.args.updates = packed.tobytes()
         self.updates = packed
 
     def script_args(self) -> list[int | str | bytes]:
         if self.read is None:
-            return self.args
-        n_own = int(self.args[12])
-        return [*self.args, *precomputed_write(self.read, n_own, self.updates, self.capacity)]
+            return self.args.argv()
+        precomputed = precomputed_write(self.read, self.args.n_own, self.updates, self.capacity)
+        return dataclasses.replace(self.args, precomputed=precomputed).argv()
 
 
 def precomputed_write(
@@ -363,6 +325,7 @@ class StateStore:
         self.silence_marks = tuple(sorted(silence_marks))
         self._marks = np.array(self.silence_marks, dtype="<u4").tobytes()
         self.prefix = prefix
+        self.keys = Keys(prefix)
         self.capacity = capacity
         self.lateness = lateness_seconds
         self.ttl = ttl_seconds
@@ -375,16 +338,16 @@ class StateStore:
         self._rollback = client.register_script(scripts.joinpath("rollback.lua").read_text())
 
     def window_key(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{c:{customer_id}}}:w"
+        return self.keys.window(customer_id)
 
     def profile_key(self, customer_id: str) -> str:
-        return f"{self.prefix}:{{c:{customer_id}}}:p"
+        return self.keys.profile(customer_id)
 
     def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
         """Apply and store the batch in one round trip; return every event's window position."""
         customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
         with script_errors():
-            reply = self._apply(keys=keys, args=args)
+            reply = self._apply(keys=keys, args=args.argv())
         if reply == FENCED:
             raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
         return self._applied(customers, customer_index, reply)
@@ -402,7 +365,7 @@ class StateStore:
         def queue(pipe: Pipeline) -> None:
             if before is not None:
                 self._queue_write(pipe, before)
-            pipe.evalsha(self._apply.sha, len(keys), *keys, *args)
+            pipe.evalsha(self._apply.sha, len(keys), *keys, *args.argv())
 
         replies = self._execute(queue)
         if before is not None and replies[0] == FENCED:
@@ -410,11 +373,9 @@ class StateStore:
         applied = self._applied(customers, customer_index, replies[-1])
         extra = applied.customers[len(customers) :]
         write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
-        write_args = list(args)
-        write_args[4] = "w"
         # as far as the preview moved the clocks: a page of due silences can stop one short
-        write_args[10] = self._clock_moves(EventBatch.empty(), dict(
-            zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True)))
+        moved = dict(zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True))
+        write_args = dataclasses.replace(args, mode="w", clocks=self._clock_moves(EventBatch.empty(), moved))
         # with undo records the write reads what it replaces anyway: it applies the events
         read = None if self.keeps_undo else applied
         return applied, PendingWrite(write_keys, write_args, read, self.capacity)
@@ -433,10 +394,10 @@ class StateStore:
         kept in Redis beside the windows whose tags it made; 16 random bytes from the first
         member. State that older versions wrote (windows without a key) keeps CRC32 tags, or
         its replays would no longer be found; a rebuild into a new key prefix moves it on."""
-        name = f"{self.prefix}:tag-key"
+        name = self.keys.tag_key
         key = self.client.get(name)
         if key is None:
-            written = self.client.exists(f"{self.prefix}:version", f"{self.prefix}:clock")
+            written = self.client.exists(self.keys.version, self.keys.clock)
             self.client.set(name, LEGACY_TAG_KEY if written else secrets.token_bytes(TAG_KEY_BYTES), nx=True)
             key = self.client.get(name)
         assert isinstance(key, bytes)
@@ -446,7 +407,7 @@ class StateStore:
         """Make this member the partition's owner (exactly-once), before it checks the undo
         record: a write of any former owner is refused from now on (apply_batch.lua, "Owners").
         Returns the new generation, which this member's writes carry."""
-        generation = int(self.client.hincrby(f"{self.prefix}:owner", str(partition), 1))
+        generation = int(self.client.hincrby(self.keys.owner, str(partition), 1))
         self.claims[partition] = generation
         return generation
 
@@ -469,7 +430,7 @@ class StateStore:
 
     def _script_call(
         self, batch: EventBatch, mode: str, clocks: dict[int, int] | None = None
-    ) -> tuple[list[str], NDArray[np.int64], list[str], list[int | str | bytes]]:
+    ) -> tuple[list[str], NDArray[np.int64], list[str], ApplyArgs]:
         index: dict[str, int] = {}
         customer_index = np.fromiter(
             (index.setdefault(c, len(index)) for c in batch.customer_ids), dtype=np.int64, count=len(batch)
@@ -484,11 +445,23 @@ class StateStore:
         packed["coarse"] = batch.coarse
         packed["fine"] = batch.fine
         packed["tag"] = batch.tag
-        head: list[int | str | bytes] = [self.capacity, self.lateness, self.ttl, len(batch), mode, 0]
         claims = np.array(sorted(self.claims.items()), dtype="<u4").reshape(-1, 2).tobytes()
-        undo = b"1" + claims if self.keeps_undo else b""
-        args = [*head, packed.tobytes(), b"", self.prefix, self._marks, self._clock_moves(batch, clocks), undo,
-                len(customers), self.max_due]
+        args = ApplyArgs(
+            capacity=self.capacity,
+            lateness_s=self.lateness,
+            ttl_s=self.ttl,
+            n_events=len(batch),
+            mode=mode,
+            n_updates=0,
+            events=packed.tobytes(),
+            updates=b"",
+            prefix=self.prefix,
+            marks=self._marks,
+            clocks=self._clock_moves(batch, clocks),
+            undo=b"1" + claims if self.keeps_undo else b"",
+            n_own=len(customers),
+            max_due=self.max_due,
+        )
         return customers, customer_index, keys, args
 
     @staticmethod
@@ -564,11 +537,11 @@ class StateStore:
         pipe.exists(window, self.profile_key(customer_id))
         pipe.delete(self.profile_key(customer_id))
         pipe.set(window, tombstone.tobytes(), ex=self.ttl)
-        for part in {partition, stored} - {None}:
-            pipe.zrem(self.quiet_key(int(part)), customer_id)  # type: ignore[arg-type]
-            pipe.hdel(f"{self.prefix}:undo:{part}", f"w:{window}", f"z:{customer_id}")
+        for part in {p for p in (partition, stored) if p is not None}:
+            pipe.zrem(self.quiet_key(part), customer_id)
+            pipe.hdel(self.keys.undo(part), f"w:{window}", f"z:{customer_id}")
             # a write: a pending write of the partition applies its events again, not what it read
-            pipe.hincrby(f"{self.prefix}:version", str(part), 1)
+            pipe.hincrby(self.keys.version, str(part), 1)
         return int(pipe.execute()[0])
 
     def erased(self, customer_ids: list[str]) -> set[str]:
@@ -592,11 +565,11 @@ class StateStore:
             return int(self._rollback(args=[self.prefix, partition, committed_offset, self.ttl]))
 
     def quiet_key(self, partition: int) -> str:
-        return f"{self.prefix}:quiet:{partition}"
+        return self.keys.quiet(partition)
 
     def clocks(self) -> dict[int, int]:
         """Each events partition's stored event-time clock."""
-        stored = self.client.hgetall(f"{self.prefix}:clock")
+        stored = self.client.hgetall(self.keys.clock)
         return {int(p): int(float(c)) for p, c in stored.items()}
 
     def raw_value(self, customer_id: str) -> bytes | None:

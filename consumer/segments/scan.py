@@ -21,7 +21,7 @@ import redis
 from numpy.typing import NDArray
 
 from state.encoding import activity_code
-from state.store import RECORD_DTYPE, STORED_HEADER_BYTES, STORED_HEADER_DTYPE
+from state.layout import RECORD_DTYPE, STORED_HEADER_BYTES, STORED_HEADER_DTYPE, Keys
 
 WILDCARD = "*"
 SCAN_BATCH = 1000
@@ -58,8 +58,8 @@ def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
     heads: list[NDArray[np.void]] = []
     codes: list[NDArray[np.uint32]] = []
     newest: list[NDArray[np.int64]] = []
-    start = len(prefix) + 4  # "{prefix}:{c:" ... "}:w"
-    for keys in _pages(client, f"{prefix}:{{c:*}}:w"):
+    names = Keys(prefix)
+    for keys in _pages(client, names.windows):
         values = read_tails(keys=keys, args=[STORED_HEADER_BYTES, last_k * RECORD_DTYPE.itemsize])
         # gone since the SCAN, or an erased customer's tombstone (no events)
         kept = [(key, value) for key, value in zip(keys, values, strict=True)
@@ -71,7 +71,7 @@ def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
             if len(records):
                 page_codes[i, last_k - len(records) :] = records["coarse"]
                 page_newest[i] = int(records["ts"][-1])
-        ids += [key.decode("utf-8")[start:-3] for key, _ in kept]
+        ids += [names.customer_of_window(key) for key, _ in kept]
         heads.append(np.frombuffer(b"".join(value[:STORED_HEADER_BYTES] for _, value in kept),
                                    dtype=STORED_HEADER_DTYPE))
         codes.append(page_codes)

@@ -24,7 +24,7 @@ from confluent_kafka import Consumer
 from consumer.bench.harness import PROBABILITY_TOLERANCE, ScorerProcess, assert_same_prediction, wait_for
 from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import Settings, load_settings
-from state.store import STORED_HEADER_BYTES, STORED_HEADER_DTYPE
+from state.layout import STORED_HEADER_BYTES, STORED_HEADER_DTYPE, Keys
 from training.simulate import SimulatedHistory
 
 # returns the scorers still running: the fault may leave several members in the group
@@ -108,10 +108,10 @@ def redis_state(url: str, prefix: str) -> dict[str, object]:
     generations: they hold whatever the last batch replaced, how many writes and how many
     assignments there were, and batches are cut and partitions moved differently in every run."""
     client = redis.Redis.from_url(url)
+    keys = Keys(prefix)
     state: dict[str, object] = {}
     for key in client.scan_iter(f"{prefix}:*"):
-        if key.startswith(f"{prefix}:undo:".encode()) or key in (f"{prefix}:version".encode(),
-                                                                   f"{prefix}:owner".encode()):
+        if key.startswith(keys.undo_prefix.encode()) or key in (keys.version.encode(), keys.owner.encode()):
             continue
         kind = client.type(key)
         name = key.decode().split(":", 1)[1]
@@ -190,7 +190,7 @@ def scored_run(
         monkeypatch.setenv(key, value)
     settings = load_settings()
     # both runs tag events with one key, so that their windows compare byte for byte
-    redis.Redis.from_url(settings.redis_url).set(f"{settings.state.key_prefix}:tag-key", FAULT_RUNS_TAG_KEY)
+    redis.Redis.from_url(settings.redis_url).set(Keys(settings.state.key_prefix).tag_key, FAULT_RUNS_TAG_KEY)
     plan = StreamPlan(seed=5, rate=rate, **(HOSTILE_STREAM if hostile else {}))
     flowing = (streaming or Streaming()).flowing
     scorer = ScorerProcess(env, registry, logs / "scorer-0.log").start()
