@@ -416,8 +416,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_segments(args: argparse.Namespace) -> int:
-    import redis
-
+    from consumer.clients import redis_client
     from consumer.segments import scan as segments
     from consumer.settings import load_settings
     from training.registry import Registry
@@ -430,7 +429,7 @@ def cmd_segments(args: argparse.Namespace) -> int:
     registry = Registry(settings.registry)
     current = registry.current()
     vocabulary = registry.manifest(current)["features"]["vocabulary"] if current else []
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=30)
+    client = redis_client(settings, "page")
     snapshot = segments.scan(client, settings.state.key_prefix, max(len(last), 3))
     try:
         rows = segments.select(snapshot, last, args.predicted, args.min_churn)
@@ -448,16 +447,16 @@ def cmd_segments(args: argparse.Namespace) -> int:
 
 
 def cmd_erase(args: argparse.Namespace) -> int:
-    import redis
     from confluent_kafka import Consumer
 
+    from consumer.clients import redis_client
     from consumer.ops.erasure import erase_customer
     from consumer.serve.emit import Emitter
     from consumer.settings import load_settings
     from state.store import StateStore
 
     settings = load_settings()
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10)
+    client = redis_client(settings, "command")
     store = StateStore(client, settings.state.key_prefix, settings.state.window, 0,
                        settings.state.retention_days * 86_400)
     consumer = Consumer(settings.kafka_config(**{"group.id": "seqscore-erase", "log_level": 2}))
@@ -617,7 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="measure the pipeline on the local stack against a per-event baseline")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events for the throughput run")
     p.add_argument("--customers", type=_positive_int, default=20_000)
-    p.add_argument("--window", type=_positive_int, default=50, help="window of the model trained for the run")
+    p.add_argument("--window", type=_positive_int, default=DEFAULT_WINDOW,
+                   help="window of the model trained for the run")
     p.add_argument("--model", type=Path, help="serve this version or registry instead of training one")
     p.add_argument("--instances", type=_positive_int, default=1, help="also run this many scorers in one group")
     p.add_argument("--workers", type=_workers, default=0,

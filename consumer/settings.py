@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from state.errors import ConfigError
 from state.events import DEFAULT_MAX_EVENT_BYTES
+from training.defaults import DEFAULT_WINDOW
 
 CONFIG_FILE_ENV = "SEQSCORE_CONFIG"
 # A librdkafka option whose name holds one of these is a secret: sasl.password,
@@ -89,7 +90,7 @@ class BatchSettings(BaseModel):
 
 class StateSettings(BaseModel):
     key_prefix: str = Field(default="seqscore", min_length=1, max_length=64)
-    window: int = Field(default=50, ge=1, le=1024, description="Raw events kept per customer.")
+    window: int = Field(default=DEFAULT_WINDOW, ge=1, le=1024, description="Raw events kept per customer.")
     retention_days: int = Field(default=400, ge=1, le=36_500)
     lateness_seconds: int = Field(default=7 * 86_400, ge=0)
     max_future_seconds: int = Field(

@@ -18,8 +18,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from state.encoding import DAY
+from training.defaults import SILENCE_MARKS_DAYS
 
-SILENCE_MARKS_DAYS = (7, 14, 30, 60, 90, 120, 180)
 NO_NEXT = np.iinfo(np.int64).max
 MAX_MARK_WEIGHT = 4.0
 

@@ -42,6 +42,7 @@ from consumer.serve.workers import worker_count
 from consumer.settings import Settings, mask_url
 from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
+from training.defaults import DEFAULT_WINDOW
 from training.simulate import simulate
 
 BASELINE_EVENTS = 2_000  # docs/design.md, "Numbers the checks use": the per-event baseline runs on a ~2k sample
@@ -58,7 +59,7 @@ def note(message: str) -> None:
 class BenchOptions:
     events: int = 200_000
     customers: int = 20_000
-    window: int = 50
+    window: int = DEFAULT_WINDOW
     model: Path | None = None
     instances: int = 1
     workers: int = 0  # of the measured scorer (SEQSCORE_WORKERS; 0: one per usable core)

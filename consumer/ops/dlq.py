@@ -18,9 +18,9 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.clients import redis_client
 from consumer.serve.emit import Emitter
 from consumer.settings import Settings
 from state.errors import ConfigError, KafkaUnavailable
@@ -141,7 +141,7 @@ def replay(
     }))
     producer_config = settings.kafka_config(**quiet, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
     emitter = None if dry_run else Emitter(producer_config)
-    store = StateStore(redis.Redis.from_url(settings.redis_url, socket_timeout=10), settings.state.key_prefix,
+    store = StateStore(redis_client(settings, "command"), settings.state.key_prefix,
                        settings.state.window, 0, 1)
     report = ReplayReport(dry_run=dry_run)
     try:

@@ -26,6 +26,7 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from consumer.clients import redis_client
 from consumer.serve import silence
 from consumer.serve.source import EventDecoder
 from consumer.settings import Settings
@@ -140,7 +141,7 @@ def rebuild_state(
     of now) to the windows under SEQSCORE_STATE__KEY_PREFIX; returns what was done."""
     started = time.monotonic()
     report = RebuildReport(topic=topic, capacity=state_capacity(settings))
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=10, socket_connect_timeout=5)
+    client = redis_client(settings, "command")
     store = StateStore(
         client,
         settings.state.key_prefix,

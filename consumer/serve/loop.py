@@ -37,6 +37,7 @@ import redis
 from confluent_kafka import Consumer, Message
 from numpy.typing import NDArray
 
+from consumer.clients import redis_client
 from consumer.segments.page import PageContext, SegmentsPage
 from consumer.serve import silence
 from consumer.serve.checkpoint import Checkpoint, PartitionsLost, StopServing
@@ -164,7 +165,7 @@ class Scorer:
     def _new_store(self) -> StateStore:
         s = self.settings
         assert self.runner is not None
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        client = redis_client(s, "serve")
         return StateStore(
             client,
             s.state.key_prefix,
@@ -211,7 +212,7 @@ class Scorer:
         s = self.settings
         # the endpoint first: a port in use stops the scorer before it loads a model and joins
         # the group, and /readyz says "no model loaded" meanwhile
-        page_client = redis.Redis.from_url(s.redis_url, socket_timeout=30)
+        page_client = redis_client(s, "page")
         page = SegmentsPage(page_client, s.state.key_prefix, self._page_context)
         self.http = serve_http(s.metrics_host, s.metrics_port, self.metrics.registry, self.health, page.routes(),
                                s.segments_token)

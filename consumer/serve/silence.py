@@ -20,8 +20,8 @@ from numpy.typing import NDArray
 
 from state.encoding import DAY, RawWindows, window_index
 from state.store import APPLIED, LATE_INSERTED, TOO_LATE, AppliedBatch, EventBatch
+from training.defaults import SILENCE_MARKS_DAYS
 
-DEFAULT_MARKS_DAYS = (7, 14, 30, 60, 90, 120, 180)  # the silences training samples (training/labels.py)
 # statuses of an event that is the customer acting again (not a replay of a stored event, not
 # a repeated record): it ends a silence
 RETURNS = (APPLIED, LATE_INSERTED, TOO_LATE)
@@ -29,7 +29,7 @@ RETURNS = (APPLIED, LATE_INSERTED, TOO_LATE)
 
 def marks_for(configured_days: list[int] | None, horizon_days: float) -> tuple[int, ...]:
     """Silence marks in seconds: as configured, or the training marks within the churn horizon."""
-    days = configured_days if configured_days is not None else [d for d in DEFAULT_MARKS_DAYS if d <= horizon_days]
+    days = configured_days if configured_days is not None else [d for d in SILENCE_MARKS_DAYS if d <= horizon_days]
     return tuple(sorted({int(d * DAY) for d in days}))
 
 
