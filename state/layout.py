@@ -1,7 +1,7 @@
 """What seqscore stores in Redis, in one place: the key names, the binary layouts of the
 windows and of the state scripts' packed arguments and replies, and the arguments of
 apply_batch.lua by name. The Lua side of each layout is described in the header of
-scripts/apply_batch.lua; tests/unit/test_layout.py checks that the two agree.
+scripts/apply_batch.lua; tests/unit/state/test_layout.py checks that the two agree.
 
 Key layout (each customer's keys share the hash tag `{c:ID}`, so they live in one Redis
 Cluster slot):

@@ -1,5 +1,5 @@
 """Hostile record values, each with the reason the decoder must give it (README, "Contracts",
-and docs/design.md). Shared by the property tests (tests/unit/test_poison.py) and the
+and docs/design.md). Shared by the property tests (tests/unit/serve/test_poison.py) and the
 poison stream on the real stack (tests/integration/test_poison_stream.py), so both hold the
 decoder to the same table."""
 

@@ -4,7 +4,7 @@ Two graphs share every layer. The training graph applies the heads at every step
 (each event of a window is a training target, so one pass trains up to L examples);
 the serving graph applies them to the last step only and is what the registry stores.
 With pre-padding and masking, the training output at step j equals the serving output
-for the window that ends at event j (tests/unit/test_training.py proves it).
+for the window that ends at event j (tests/unit/training/test_training.py proves it).
 
 Next action is a residual on the n-gram (training/ngram.py): softmax(network logits +
 w * log n-gram). The serving graph looks the n-gram up from its tokens (an NgramPrior

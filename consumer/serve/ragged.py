@@ -5,7 +5,7 @@ first real event. Sort the rows by length: at step t of L only the rows with at 
 events are active, and they are a suffix of the sorted batch that grows by the rows whose
 history starts at t. Each step multiplies only that suffix, so the recurrent cost is the
 batch's real steps (no padding to length groups, no per-group calls), and the result is the
-masked Keras LSTM's to float rounding (tests/unit/test_scoring.py compares them).
+masked Keras LSTM's to float rounding (tests/unit/serve/test_scoring.py compares them).
 
 Inputs go in time-major, so a step's rows are one contiguous slice. The token embedding's
 input projection (embedding x kernel + bias) is folded into one table per token: a step

@@ -137,7 +137,7 @@ def test_arbitrary_json_is_valid_or_rejected_with_a_reason(doc: object) -> None:
 def test_json_schema_files_are_current() -> None:
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2] / "docs" / "schemas"
+    root = Path(__file__).resolve().parents[3] / "docs" / "schemas"
     for name, schema in json_schemas().items():
         path = root / name
         assert path.is_file(), f"{path} missing: run `seqscore schemas`"
