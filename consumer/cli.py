@@ -11,10 +11,13 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from state.errors import ConfigError, SeqscoreError
 from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW
+
+if TYPE_CHECKING:
+    from training.history import TopicReplay
 
 EXIT_USAGE = 2
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -232,6 +235,17 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+def _replay_config(events: str) -> TopicReplay | None:
+    """How to replay `kafka://TOPIC` history: training reads no serving settings itself."""
+    if not events.startswith("kafka://"):
+        return None
+    from consumer.settings import load_settings
+    from training.history import TopicReplay
+
+    settings = load_settings()
+    return TopicReplay(settings.kafka_config(), settings.max_event_bytes)
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from training.model import ModelConfig
@@ -256,6 +270,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         fixed=fixed,
         alerts=args.alerts,
         model=replace(ModelConfig(), **{k: v for k, v in fixed.items() if k != "window"}),
+        replay=_replay_config(args.events),
     )
     manifest = run(options)
     result = {"version": manifest["version"], "promotion": manifest["promotion"], "metrics": manifest["metrics"]}
@@ -270,7 +285,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _quiet_tensorflow()
     from training.train import evaluate_model
 
-    result = evaluate_model(args.model, args.events, args.profiles, args.as_of, progress=True)
+    result = evaluate_model(args.model, args.events, args.profiles, args.as_of, progress=True,
+                            replay=_replay_config(args.events))
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from state.encoding import AGE_GROUPS, GENDERS, activity_codes
 from state.errors import ConfigError
+from state.events import DEFAULT_MAX_EVENT_BYTES
 from training.simulate import CHANNELS, SimulatedHistory
 
 REQUIRED_COLUMNS = ("customer_id", "ts", "activity")
@@ -235,27 +236,35 @@ def _profile_columns(
     return np.where(found, genders[pos], -1), np.where(found, ages[pos], -1)
 
 
-def load_history(source: str, profiles: str | None = None) -> History:
+@dataclass(frozen=True)
+class TopicReplay:
+    """How to replay `kafka://TOPIC` history: the librdkafka settings and the event size limit
+    the scorer applies (training reads no serving settings of its own)."""
+
+    kafka_config: dict[str, Any]
+    max_event_bytes: int = DEFAULT_MAX_EVENT_BYTES
+
+
+def load_history(source: str, profiles: str | None = None, replay: TopicReplay | None = None) -> History:
     """Read a CSV/Parquet file, or replay `kafka://TOPIC` up to its end offsets at start."""
     profile_table = read_table(Path(profiles)) if profiles else None
     is_topic = source.startswith("kafka://")
-    table = replay_topic(source.removeprefix("kafka://")) if is_topic else read_table(Path(source))
+    if is_topic and replay is None:
+        raise ConfigError(f"{source}: replaying a topic needs the Kafka settings")
+    table = replay_topic(source.removeprefix("kafka://"), replay) if is_topic and replay else read_table(Path(source))
     return history_from_table(table, source, profile_table)
 
 
-def replay_topic(topic: str, timeout_s: float = 30.0) -> pa.Table:
+def replay_topic(topic: str, replay: TopicReplay, timeout_s: float = 30.0) -> pa.Table:
     """Valid events of `topic` from the beginning up to the end offsets seen now."""
     from confluent_kafka import Consumer, TopicPartition
 
-    from consumer.settings import load_settings
     from state.errors import InvalidEvent
     from state.events import decode_event
 
-    settings = load_settings()
     consumer = Consumer(
-        settings.kafka_config(
-            **{"group.id": f"seqscore-replay-{topic}", "enable.auto.commit": False, "auto.offset.reset": "earliest"}
-        )
+        {**replay.kafka_config, "group.id": f"seqscore-replay-{topic}", "enable.auto.commit": False,
+         "auto.offset.reset": "earliest"}
     )
     try:
         meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
@@ -280,7 +289,7 @@ def replay_topic(topic: str, timeout_s: float = 30.0) -> pa.Table:
                 if offset >= ends[partition]:
                     continue
                 try:
-                    event = decode_event(msg.value(), settings.max_event_bytes)
+                    event = decode_event(msg.value(), replay.max_event_bytes)
                 except InvalidEvent:
                     invalid += 1
                     continue

@@ -36,7 +36,7 @@ from training.evaluate import (
     prefix_set,
 )
 from training.fitting import epochs_for, log
-from training.history import History, load_history
+from training.history import History, TopicReplay, load_history
 from training.labels import (
     SilencePoints,
     as_of_dates,
@@ -83,6 +83,7 @@ class TrainOptions:
     promote: str = "auto"
     patience: int = 3
     model: ModelConfig = field(default_factory=ModelConfig)
+    replay: TopicReplay | None = None  # how to replay `kafka://TOPIC` events
 
 
 def build_spec(history: History, level: str, window: int, use_profile: bool) -> FeatureSpec:
@@ -380,7 +381,7 @@ def _finite(value: Any) -> bool:
 def run(options: TrainOptions) -> dict[str, Any]:
     """Train, evaluate, publish; returns the new version's manifest."""
     started = time.monotonic()
-    history = load_history(options.events, options.profiles)
+    history = load_history(options.events, options.profiles, options.replay)
     first, last = history.time_range()
     data_end = last + 1
     log(
@@ -624,7 +625,12 @@ def run(options: TrainOptions) -> dict[str, Any]:
 
 
 def evaluate_model(
-    model_path: Path, events: str, profiles: str | None, as_of: int | None, progress: bool = True
+    model_path: Path,
+    events: str,
+    profiles: str | None,
+    as_of: int | None,
+    progress: bool = True,
+    replay: TopicReplay | None = None,
 ) -> dict[str, Any]:
     """`seqscore evaluate`: any model on any history, baselines cross-fitted by customer halves."""
     from training.evaluate import as_of_set, crossfit_folds
@@ -633,7 +639,7 @@ def evaluate_model(
     model, manifest = load_model(model_dir)
     spec = FeatureSpec.from_dict(manifest["features"])
     horizon = float(manifest["churn"]["horizon_days"])
-    history = load_history(events, profiles)
+    history = load_history(events, profiles, replay)
     data_end = int(history.ts.max()) + 1
     if as_of is None:
         points = prefix_set(history, spec, np.ones(len(history), dtype=bool), data_end, horizon)

@@ -6,7 +6,7 @@ import numpy as np
 
 from consumer.bench.loadgen import StreamPlan, stream
 from consumer.settings import load_settings
-from training.history import load_history
+from training.history import TopicReplay, load_history
 from training.simulate import simulate
 
 
@@ -17,7 +17,8 @@ def test_replay_reads_valid_events_once_up_to_the_end_offsets(test_env: dict[str
     report = stream(history, settings.topics.events, settings.kafka_config(), plan, progress=False)
     assert report.duplicates > 0 and sum(report.malformed.values()) > 0
 
-    replayed = load_history(f"kafka://{settings.topics.events}")
+    replayed = load_history(f"kafka://{settings.topics.events}",
+                            replay=TopicReplay(settings.kafka_config(), settings.max_event_bytes))
     assert len(replayed) == report.valid, "each valid event once; duplicates and malformed records dropped"
     assert set(replayed.customer_ids) <= set(history.customer_ids)
     # per customer, the replayed events are in time order
