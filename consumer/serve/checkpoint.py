@@ -20,6 +20,10 @@ emitted again. What stops a batch early:
 - partitions lost without a revocation, or a write fenced by a newer owner, make what is
   uncommitted void (`lost`). The loop drops it and replays it on the partitions still
   assigned;
+- exactly-once, a transaction the broker aborts after the batch's state was stored (a
+  rebalance moved the group's generation) makes it void too (`aborted`). Its state must go
+  first: the loop checks its partitions again as if newly assigned, so that their undo
+  records roll the state back, and then replays it;
 - a stop while a batch waits on an outage leaves it unsettled (`abandoned`), for the
   partitions' next owner to replay.
 """
@@ -35,7 +39,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message
 
 from consumer.serve import failpoints
-from consumer.serve.emit import DeliveryFailed, Emitter
+from consumer.serve.emit import DeliveryFailed, Emitter, TransactionAborted
 from consumer.serve.health import HealthState
 from consumer.serve.lag import LagTracker
 from consumer.serve.metrics import Metrics
@@ -54,6 +58,11 @@ Pending = tuple[PendingWrite | None, list[Message]]  # a batch's state write (No
 
 class PartitionsLost(Exception):
     """The group took partitions away without a revocation: the uncommitted batches are void."""
+
+
+class CommitAborted(Exception):
+    """A batch's transaction aborted after its state was stored: its partitions must be rolled
+    back (checked as if newly assigned) before the batch is read again."""
 
 
 class StopServing(Exception):
@@ -86,6 +95,7 @@ class Checkpoint:
         self.in_hand: list[Message] = []  # the batch being scored (not yet pending)
         self.lost = False  # partitions were lost (not revoked): what is pending or in hand is void
         self.abandoned = False  # stopped mid-batch during an outage: store and commit nothing more
+        self.aborted = False  # exactly-once: a stored batch's transaction aborted; roll back, then replay
         self.delivery_retry_s = DELIVERY_RETRY_S[0]
 
     def open(self, consumer: Consumer | None, store: StateStore, emitter: Emitter) -> None:
@@ -148,6 +158,9 @@ class Checkpoint:
             log.warning("%s: the last batch is void", exc)
             self.lost = True  # as if its partitions were lost: the loop drops it and aborts
             return False
+        except CommitAborted as exc:
+            log.warning("%s: the last batch is void", exc)
+            return False
 
     def await_acks(self, keep_membership: bool = True) -> None:
         """Until Kafka acknowledged every record produced so far (the pending batch's outputs)."""
@@ -168,13 +181,20 @@ class Checkpoint:
             self.delivery_retry_s = DELIVERY_RETRY_S[0]
         t = time.perf_counter()
         if self.settings.exactly_once and self.consumer is not None:
-            self._commit_transaction(messages)
+            try:
+                self._commit_transaction(messages)
+            except CommitAborted:
+                self.in_hand = messages + self.in_hand  # void: read again from its first offsets
+                self.aborted = True
+                raise
         else:
             self._store_offsets(messages)
         self.metrics.stage_timers["commit"].observe(time.perf_counter() - t)
 
     def abandon_if_lost(self) -> None:
         """After a wait that may have served a lost assignment: void what is uncommitted."""
+        if self.aborted:
+            raise CommitAborted("a transaction was aborted while the loop waited")
         if self.lost:
             if self.pending is None and not self.in_hand:
                 self.lost = False
@@ -186,7 +206,7 @@ class Checkpoint:
         open transaction aborted); returns each partition's first offset among them."""
         assert self.emitter is not None
         unsent = (self.pending[1] if self.pending is not None else []) + self.in_hand
-        self.pending, self.in_hand, self.lost = None, [], False
+        self.pending, self.in_hand, self.lost, self.aborted = None, [], False, False
         if not self.emitter.recover():
             log.warning("the producer cannot go on after a fatal error: starting a new one")
             s = self.settings
@@ -233,6 +253,10 @@ class Checkpoint:
         failpoints.hit("state_stored_before_commit")  # the window the undo record exists for
         try:
             self.emitter.commit(offsets, self.consumer.consumer_group_metadata())
+        except TransactionAborted as exc:
+            self.metrics.kafka_errors.labels("commit").inc()
+            log.warning("%s: rolling the batch back and reading it again", exc)
+            raise CommitAborted(str(exc)) from exc
         except KafkaUnavailable:
             self.metrics.kafka_errors.labels("commit").inc()
             log.error("transaction aborted: stopping, so the partitions' next owner rolls the batch back")

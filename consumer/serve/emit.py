@@ -45,6 +45,11 @@ class DeliveryFailed(KafkaUnavailable):
         self.fatal = isinstance(error, KafkaError) and error.fatal()
 
 
+class TransactionAborted(KafkaUnavailable):
+    """The broker refused to commit the open transaction (a rebalance moved the group's
+    generation under it, for one), and it was aborted: its outputs are void, the producer goes on."""
+
+
 def prediction_id(kind: str, customer_id: str, basis: str) -> str:
     """Deterministic: a replay of the same customer's event (or silence) gives the same id, even
     when a model promoted meanwhile scores the replay, so consumers that dedupe by it act once;
@@ -272,6 +277,7 @@ class Emitter:
             error = exc.args[0]
             if error.txn_requires_abort():
                 self.producer.abort_transaction(TRANSACTION_CALL_S)
+                raise TransactionAborted(f"transaction aborted: {error}") from exc
             raise KafkaUnavailable(f"transaction not committed: {error}") from exc
         finally:
             self._in_transaction = False

@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from consumer.clients import redis_client
 from consumer.segments.page import PageContext, SegmentsPage
 from consumer.serve import silence
-from consumer.serve.checkpoint import Checkpoint, PartitionsLost, StopServing
+from consumer.serve.checkpoint import Checkpoint, CommitAborted, PartitionsLost, StopServing
 from consumer.serve.clocks import Paging, PartitionClocks
 from consumer.serve.emit import DeliveryFailed, Emitter, dead_letter
 from consumer.serve.health import HealthState, serve_http
@@ -226,6 +226,8 @@ class Scorer:
                     self._send_again_after(exc)
                 except PartitionsLost:
                     self._replay_after_loss()
+                except CommitAborted:
+                    self._replay_after_abort()
                 except Fenced as exc:
                     # paused (GC, a frozen VM) past its session: another member owns the partitions
                     log.warning("%s: this member was replaced while it was paused", exc)
@@ -336,6 +338,13 @@ class Scorer:
         self.membership.seek_back(first)
         log.warning("partitions lost: the uncommitted batches are dropped and replayed on the %d partitions still "
                     "assigned", len({tp for tp in first if tp in self.membership.assigned}))
+
+    def _replay_after_abort(self) -> None:
+        """A transaction of ours aborted after its batch's state was stored (see checkpoint.py):
+        check every partition again, so that its state is rolled back before it is read again,
+        then replay what is uncommitted."""
+        self.membership.check_again()
+        self._replay_after_loss()
 
     def _drop_uncommitted(self) -> dict[tuple[str, int], int]:
         first = self.checkpoint.drop_uncommitted(self.membership.keep)

@@ -94,7 +94,7 @@ class Membership:
         assert checkpoint is not None
         if not checkpoint.abandoned:
             stored = checkpoint.flush_unless_failed(attempts=3)
-            if not stored and self.settings.exactly_once and not checkpoint.lost:
+            if not stored and self.settings.exactly_once and not checkpoint.lost and not checkpoint.aborted:
                 # its outputs sit in the open transaction; carrying on would commit them with the
                 # next batch while the partitions' new owner replays them: stop, let it abort
                 raise StopServing("exactly-once: a revoked batch could not be stored")
@@ -166,6 +166,17 @@ class Membership:
             self._check_timeout_s = min(self._check_timeout_s * 2, CHECK_TIMEOUT_S[1])
             self._check_at = time.monotonic() + CHECK_EVERY_S
         self.metrics.paused.labels("open_transaction").set(1 if self.unchecked else 0)
+
+    def check_again(self) -> None:
+        """Exactly-once: treat every events partition as newly assigned (paused until claimed
+        and checked), after a transaction of ours aborted with its state already stored."""
+        assert self.consumer is not None
+        events = [TopicPartition(t, p) for t, p in sorted(self.assigned) if t == self.topic]
+        if events:
+            self.consumer.pause(events)
+        self.unchecked |= {tp.partition for tp in events}
+        self._assignments += 1
+        self._check_at, self._check_timeout_s = 0.0, CHECK_TIMEOUT_S[0]
 
     def owned(self, messages: list[Message]) -> list[Message]:
         """The records of partitions still ours, less those of partitions not checked yet

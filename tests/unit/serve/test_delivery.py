@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, Message, TopicPartition
 
-from consumer.serve.emit import DeliveryFailed, Emitter, dead_letter, record_bytes
+from consumer.serve.checkpoint import CommitAborted
+from consumer.serve.emit import DeliveryFailed, Emitter, TransactionAborted, dead_letter, record_bytes
 from consumer.serve.loop import Scorer
 from consumer.settings import load_settings
 
@@ -126,6 +127,9 @@ class FakeConsumer:
 
     def close(self) -> None:
         self.calls.append(("close", None))
+
+    def consumer_group_metadata(self) -> object:
+        return object()
 
 
 class FakeStore:
@@ -256,3 +260,47 @@ def test_a_record_returned_while_keeping_membership_is_fetched_again_not_skipped
     consumer.poll = lambda timeout: incoming(b"{}", offset=41)  # type: ignore[union-attr, method-assign]
     failed_scorer.membership.keep()
     assert ("seek", ("activity-events", 1, 41)) in consumer.calls  # type: ignore[union-attr]
+
+
+class AbortingEmitter(Emitter):
+    """A transactional producer whose commit the broker refuses after a rebalance moved the
+    group's generation (ILLEGAL_GENERATION): the transaction is aborted, the producer usable."""
+
+    def __init__(self) -> None:
+        super().__init__(NOWHERE)
+        self.commits = 0
+
+    def commit(self, offsets: list[TopicPartition], group: Any) -> None:
+        self.commits += 1
+        raise TransactionAborted("transaction not committed: ILLEGAL_GENERATION (Specified group generation id "
+                                 "is not valid)")
+
+    def recover(self) -> bool:
+        return True
+
+
+def test_a_transaction_aborted_by_a_rebalance_rolls_its_partitions_back_and_replays_instead_of_stopping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exactly-once: a rebalance between a batch's state write and its commit makes the broker
+    refuse the offsets (ILLEGAL_GENERATION) and the transaction aborts. The scorer stopped
+    ('transaction aborted: stopping'), so every such rebalance cost a member. The batch's state
+    is stored, so a plain replay would take its events for replays and emit nothing: its
+    partitions are checked again as if newly assigned (rolled back by their undo records),
+    and read again from the aborted batch's first offsets."""
+    scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1", processing_guarantee="exactly_once"))
+    scorer.consumer = FakeConsumer()  # type: ignore[assignment]
+    scorer.store = FakeStore()  # type: ignore[assignment]
+    emitter = AbortingEmitter()
+    scorer.checkpoint.open(scorer.consumer, scorer.store, emitter)
+    scorer.membership.consumer, scorer.membership.store = scorer.consumer, scorer.store  # type: ignore[assignment]
+    scorer.membership.assigned.add(("activity-events", 1))
+    scorer.checkpoint.pending = (object(), [incoming(b"{}", offset=7), incoming(b"{}", offset=8)])  # type: ignore[assignment]
+    scorer.checkpoint.in_hand = [incoming(b"{}", offset=9)]
+    with pytest.raises(CommitAborted):
+        scorer.checkpoint.flush()
+    assert emitter.commits == 1 and not scorer.stop_requested.is_set(), "not a reason to stop"
+    scorer._replay_after_abort()
+    assert scorer.membership.unchecked == {1}, "rolled back before it is read again"
+    assert ("seek", ("activity-events", 1, 7)) in scorer.consumer.calls  # type: ignore[union-attr]
+    assert scorer.checkpoint.pending is None and scorer.checkpoint.in_hand == []
