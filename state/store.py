@@ -137,6 +137,34 @@ class AppliedBatch:
     # re-created topic, offsets reset to a copy) and applied; a replay is found in its window
     behind_state: NDArray[np.bool_]
 
+    @classmethod
+    def from_reply(cls, customers: list[str], customer_index: NDArray[np.int64], reply: list[Any]) -> AppliedBatch:
+        """Decode apply_batch.lua's reply (its layouts: state/layout.py)."""
+        headers_raw, records_raw, profiles_raw, events_raw, due_raw, due_names, clocks_raw, deferred_raw = reply
+        headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
+        records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
+        profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
+        events = np.frombuffer(events_raw, dtype=EVENT_DTYPE)
+        due = np.frombuffer(due_raw, dtype=DUE_DTYPE).copy()
+        due["customer"] -= 1
+        record_start = np.concatenate([[0], np.cumsum(headers["n_records"].astype(np.int64))[:-1]])
+        return cls(
+            customers=customers + [name.decode("utf-8") for name in due_names],
+            customer_index=customer_index,
+            headers=headers,
+            records=records,
+            record_start=record_start.astype(np.int64),
+            gender=np.where(profiles[:, 0] == 255, -1, profiles[:, 0]),
+            age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
+            status=(events["status"] & ~np.uint16(MOVED_FLAG | BEHIND_FLAG)).astype(np.int64),
+            moved=(events["status"] & MOVED_FLAG) > 0,
+            behind_state=(events["status"] & BEHIND_FLAG) > 0,
+            position=events["position"].astype(np.int64),
+            due=due,
+            clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),
+            deferred=np.unique(np.frombuffer(deferred_raw, dtype="<u4")).astype(np.int64),
+        )
+
     def windows(
         self, batch: EventBatch, window: int, level: str, score_ts: NDArray[np.int64] | None = None
     ) -> tuple[RawWindows, NDArray[np.bool_]]:
@@ -302,6 +330,20 @@ def precomputed_write(
     return values.tobytes(), meta.tobytes(), versions.tobytes()
 
 
+def packed_clock_moves(batch: EventBatch, clocks: dict[int, int] | None) -> bytes:
+    """Per partition: the newest event time of the batch (or further, by `clocks`)."""
+    moves = dict(clocks or {})
+    if len(batch):
+        order = np.argsort(batch.partition, kind="stable")
+        by_partition = batch.partition[order]
+        starts = np.flatnonzero(np.r_[True, by_partition[1:] != by_partition[:-1]])
+        partitions, newest = by_partition[starts], np.maximum.reduceat(batch.ts[order], starts)
+        for partition, ts in zip(partitions.tolist(), newest.tolist(), strict=True):
+            moves[partition] = max(moves.get(partition, 0), ts)
+    packed = np.array(sorted(moves.items()), dtype=np.uint32).reshape(-1, 2)
+    return packed.astype("<u4").tobytes()
+
+
 class StateStore:
     """Redis-backed windows of the last `capacity` events per customer. No slack is needed for
     replays: a replayed event is either unstored (scored again from unchanged state) or
@@ -350,7 +392,7 @@ class StateStore:
             reply = self._apply(keys=keys, args=args.argv())
         if reply == FENCED:
             raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
-        return self._applied(customers, customer_index, reply)
+        return AppliedBatch.from_reply(customers, customer_index, reply)
 
     def preview(
         self, batch: EventBatch, before: PendingWrite | None = None, clocks: dict[int, int] | None = None
@@ -370,12 +412,12 @@ class StateStore:
         replies = self._execute(queue)
         if before is not None and replies[0] == FENCED:
             raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
-        applied = self._applied(customers, customer_index, replies[-1])
+        applied = AppliedBatch.from_reply(customers, customer_index, replies[-1])
         extra = applied.customers[len(customers) :]
         write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
         # as far as the preview moved the clocks: a page of due silences can stop one short
         moved = dict(zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True))
-        write_args = dataclasses.replace(args, mode="w", clocks=self._clock_moves(EventBatch.empty(), moved))
+        write_args = dataclasses.replace(args, mode="w", clocks=packed_clock_moves(EventBatch.empty(), moved))
         # with undo records the write reads what it replaces anyway: it applies the events
         read = None if self.keeps_undo else applied
         return applied, PendingWrite(write_keys, write_args, read, self.capacity)
@@ -457,53 +499,12 @@ class StateStore:
             updates=b"",
             prefix=self.prefix,
             marks=self._marks,
-            clocks=self._clock_moves(batch, clocks),
+            clocks=packed_clock_moves(batch, clocks),
             undo=b"1" + claims if self.keeps_undo else b"",
             n_own=len(customers),
             max_due=self.max_due,
         )
         return customers, customer_index, keys, args
-
-    @staticmethod
-    def _clock_moves(batch: EventBatch, clocks: dict[int, int] | None) -> bytes:
-        """Per partition: the newest event time of the batch (or further, by `clocks`)."""
-        moves = dict(clocks or {})
-        if len(batch):
-            order = np.argsort(batch.partition, kind="stable")
-            by_partition = batch.partition[order]
-            starts = np.flatnonzero(np.r_[True, by_partition[1:] != by_partition[:-1]])
-            partitions, newest = by_partition[starts], np.maximum.reduceat(batch.ts[order], starts)
-            for partition, ts in zip(partitions.tolist(), newest.tolist(), strict=True):
-                moves[partition] = max(moves.get(partition, 0), ts)
-        packed = np.array(sorted(moves.items()), dtype=np.uint32).reshape(-1, 2)
-        return packed.astype("<u4").tobytes()
-
-    @staticmethod
-    def _applied(customers: list[str], customer_index: NDArray[np.int64], reply: list[Any]) -> AppliedBatch:
-        headers_raw, records_raw, profiles_raw, events_raw, due_raw, due_names, clocks_raw, deferred_raw = reply
-        headers = np.frombuffer(headers_raw, dtype=HEADER_DTYPE)
-        records = np.frombuffer(records_raw, dtype=RECORD_DTYPE)
-        profiles = np.frombuffer(profiles_raw, dtype=np.uint8).reshape(-1, 2).astype(np.int64)
-        events = np.frombuffer(events_raw, dtype=EVENT_DTYPE)
-        due = np.frombuffer(due_raw, dtype=DUE_DTYPE).copy()
-        due["customer"] -= 1
-        record_start = np.concatenate([[0], np.cumsum(headers["n_records"].astype(np.int64))[:-1]])
-        return AppliedBatch(
-            customers=customers + [name.decode("utf-8") for name in due_names],
-            customer_index=customer_index,
-            headers=headers,
-            records=records,
-            record_start=record_start.astype(np.int64),
-            gender=np.where(profiles[:, 0] == 255, -1, profiles[:, 0]),
-            age_group=np.where(profiles[:, 1] == 255, -1, profiles[:, 1]),
-            status=(events["status"] & ~np.uint16(MOVED_FLAG | BEHIND_FLAG)).astype(np.int64),
-            moved=(events["status"] & MOVED_FLAG) > 0,
-            behind_state=(events["status"] & BEHIND_FLAG) > 0,
-            position=events["position"].astype(np.int64),
-            due=due,
-            clocks=np.frombuffer(clocks_raw, dtype=CLOCK_DTYPE),
-            deferred=np.unique(np.frombuffer(deferred_raw, dtype="<u4")).astype(np.int64),
-        )
 
     def set_profiles(self, customer_ids: list[str], gender: list[int], age_group: list[int]) -> None:
         """Store profiles (indexes, -1 unknown) for many customers in one round trip."""

@@ -114,6 +114,7 @@ def authorized(header: str | None, token: str) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
+# long because the handler class closes over this call's routes, token and server
 def serve_routes(
     host: str,
     port: int,

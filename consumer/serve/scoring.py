@@ -107,11 +107,26 @@ class ModelRunner:
             return out["next"], out["churn"]
 
         self._forward = tf.function(forward, input_signature=signature, jit_compile=jit_compile)
+        self._warm_up(n_context)
+        log.info(
+            "model %s ready on %s in %.1fs (%s; window %d, %d classes, jit %s)",
+            self.version,
+            self.device,
+            time.monotonic() - started,
+            self.path,
+            window,
+            self.spec.n_classes,
+            jit_compile,
+        )
+
+    def _warm_up(self, n_context: int) -> None:
+        """Trace (XLA: compile) every shape the batches will use, then smoke-check the model;
+        any failure refuses the version."""
         try:
             # XLA compiles per shape: all of them now, not in the first batches; the plain
             # function has one trace for every shape and the ragged path one per length, so
             # one small call per length warms them
-            sizes = BUCKETS if jit_compile else BUCKETS[:1]
+            sizes = BUCKETS if self.jit_compile else BUCKETS[:1]
             for size in sizes:
                 for length in self.lengths:
                     # the smoke sample may not reach every length group: each one must answer finitely
@@ -130,16 +145,6 @@ class ModelRunner:
             raise
         except Exception as exc:
             raise ModelRefused(f"{self.version}: warm-up failed: {type(exc).__name__}: {exc}") from exc
-        log.info(
-            "model %s ready on %s in %.1fs (%s; window %d, %d classes, jit %s)",
-            self.version,
-            self.device,
-            time.monotonic() - started,
-            self.path,
-            window,
-            self.spec.n_classes,
-            jit_compile,
-        )
 
     def _call(self, inputs: dict[str, NDArray[Any]]) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
         next_proba, churn = self._forward(inputs["tokens"], inputs["steps"], inputs["context"])

@@ -175,7 +175,7 @@ def test_a_revocation_after_a_failed_delivery_commits_nothing(failed_scorer: Sco
 
 def test_a_failed_batch_is_sent_again_from_its_first_offset_and_readyz_fails_meanwhile(failed_scorer: Scorer) -> None:
     failed_scorer.checkpoint.delivery_retry_s = 0.0
-    failed_scorer._send_again_after(DeliveryFailed("MSG_SIZE_TOO_LARGE"))
+    failed_scorer.recovery.send_again_after(DeliveryFailed("MSG_SIZE_TOO_LARGE"))
     assert failed_scorer.consumer.calls == [("seek", ("activity-events", 1, 7))]  # type: ignore[union-attr]
     assert failed_scorer.checkpoint.pending is None and failed_scorer.store.writes == []  # type: ignore[union-attr]
     ready, problems = failed_scorer.health.ready()
@@ -189,10 +189,11 @@ def test_rows_the_model_answers_with_nan_get_no_output_and_are_counted() -> None
     import numpy as np
 
     from consumer.serve import silence
+    from consumer.serve.inference import without_non_finite
+    from consumer.serve.metrics import Metrics
     from state.encoding import RawWindows
 
-    scorer = Scorer(load_settings(kafka_bootstrap="127.0.0.1:1"))
-    scorer.runner = type("Runner", (), {"version": "v1"})()  # type: ignore[assignment]
+    metrics = Metrics()
     n_quiet = 2
     raw = RawWindows(**{name: np.zeros((n_quiet, 3) if name in ("ts", "codes") else n_quiet, np.int64)
                         for name in RawWindows.__dataclass_fields__})
@@ -204,12 +205,12 @@ def test_rows_the_model_answers_with_nan_get_no_output_and_are_counted() -> None
     risk[4, 0] = np.inf  # the second silence
     finite = np.isfinite(proba).all(axis=1) & np.isfinite(risk).all(axis=1)
     inputs = {"tokens": np.arange(5)}
-    kept_emit, kept_quiet, kept_inputs, kept_proba, kept_risk = scorer._without_non_finite(
-        finite, emit, quiet, inputs, proba, risk)
+    kept_emit, kept_quiet, kept_inputs, kept_proba, kept_risk = without_non_finite(
+        "v1", metrics, finite, emit, quiet, inputs, proba, risk)
     assert kept_emit.tolist() == [0, 3] and kept_quiet.customer.tolist() == [5]
     assert kept_inputs["tokens"].tolist() == [0, 2, 3]
     assert np.isfinite(kept_proba).all() and np.isfinite(kept_risk).all() and len(kept_proba) == 3
-    assert scorer.metrics.non_finite._value.get() == 2
+    assert metrics.non_finite._value.get() == 2
 
 
 @pytest.mark.parametrize("rows", [0, 1, 3])
@@ -217,7 +218,7 @@ def test_finite_rows_takes_any_batch_size_and_risk_shape(rows: int) -> None:
     """A batch with no row to score (only replays) reached this check on the fault run."""
     import numpy as np
 
-    from consumer.serve.loop import finite_rows
+    from consumer.serve.inference import finite_rows
 
     for risk in (np.full((rows, 1), 0.5, np.float32), np.full(rows, 0.5, np.float32)):
         assert finite_rows(np.full((rows, 4), 0.25, np.float32), risk).tolist() == [True] * rows
@@ -300,7 +301,7 @@ def test_a_transaction_aborted_by_a_rebalance_rolls_its_partitions_back_and_repl
     with pytest.raises(CommitAborted):
         scorer.checkpoint.flush()
     assert emitter.commits == 1 and not scorer.stop_requested.is_set(), "not a reason to stop"
-    scorer._replay_after_abort()
+    scorer.recovery.replay_after_abort()
     assert scorer.membership.unchecked == {1}, "rolled back before it is read again"
     assert ("seek", ("activity-events", 1, 7)) in scorer.consumer.calls  # type: ignore[union-attr]
     assert scorer.checkpoint.pending is None and scorer.checkpoint.in_hand == []

@@ -211,7 +211,7 @@ def test_settling_the_heap_freezes_what_is_alive_and_frees_cycles_left_from_befo
     import gc
     import weakref
 
-    from consumer.serve.loop import settle_heap
+    from consumer.serve.serving_model import settle_heap
 
     class Node:
         def __init__(self) -> None:
