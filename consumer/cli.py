@@ -11,7 +11,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
 
 from state.errors import ConfigError, SeqscoreError
 from training.defaults import DEFAULT_BUDGET_S, DEFAULT_WINDOW
@@ -525,23 +525,41 @@ def _print_summary(summary: dict[str, object]) -> None:
     print("\n".join(lines))
 
 
+_Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="seqscore", description="Streaming event scoring: next best action and churn risk.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    # in the order `seqscore --help` lists them
+    for add in (
+        _add_config, _add_topics, _add_schemas, _add_simulate, _add_train, _add_evaluate, _add_serve,
+        _add_segments, _add_sweep, _add_bench, _add_watch, _add_erase, _add_state, _add_models, _add_dlq,
+    ):
+        add(commands)
+    return parser
 
-    p = sub.add_parser("config", help="print the effective settings (secrets masked)")
+
+def _add_config(commands: _Commands) -> None:
+    p = commands.add_parser("config", help="print the effective settings (secrets masked)")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("topics", help="create the project's Kafka topics if missing")
+
+def _add_topics(commands: _Commands) -> None:
+    p = commands.add_parser("topics", help="create the project's Kafka topics if missing")
     p.set_defaults(func=cmd_topics)
 
-    p = sub.add_parser("schemas", help="write the contract's JSON Schemas (or --check them)")
+
+def _add_schemas(commands: _Commands) -> None:
+    p = commands.add_parser("schemas", help="write the contract's JSON Schemas (or --check them)")
     p.add_argument("--dir", type=Path, default=Path("docs/schemas"))
     p.add_argument("--check", action="store_true", help="exit 1 when the files are stale")
     p.set_defaults(func=cmd_schemas)
 
-    p = sub.add_parser("simulate", help="generate a realistic synthetic history (file and/or Kafka)")
+
+def _add_simulate(commands: _Commands) -> None:
+    p = commands.add_parser("simulate", help="generate a realistic synthetic history (file and/or Kafka)")
     p.add_argument("--customers", type=_positive_int, default=10_000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--start", type=_date, default="2021-01-01")
@@ -560,7 +578,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("train", help="train next-action + churn models from history and publish a version")
+
+def _add_train(commands: _Commands) -> None:
+    p = commands.add_parser("train", help="train next-action + churn models from history and publish a version")
     p.add_argument("--events", required=True, help="history .csv/.parquet, or kafka://TOPIC to replay")
     p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
     p.add_argument("--profiles", help="customer profiles .csv/.parquet (customer_id, gender, age_group)")
@@ -607,7 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print version, promotion and metrics as JSON")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="evaluate a model on a history against baselines")
+
+def _add_evaluate(commands: _Commands) -> None:
+    p = commands.add_parser("evaluate", help="evaluate a model on a history against baselines")
     p.add_argument("--model", type=Path, required=True, help="a version directory, or a registry (its CURRENT)")
     p.add_argument("--events", required=True, help="history .csv/.parquet, or kafka://TOPIC")
     p.add_argument("--profiles")
@@ -615,21 +637,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="exactly one JSON object on stdout")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
+
+def _add_serve(commands: _Commands) -> None:
+    p = commands.add_parser("serve", help="run the streaming scorer (a consumer-group member)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("segments", help="export customers by last activities, predicted next action, churn risk")
+
+def _add_segments(commands: _Commands) -> None:
+    p = commands.add_parser("segments", help="export customers by last activities, predicted next action, churn risk")
     p.add_argument("--last", default="", help="their last activities, oldest first, '*' = any one: 'A,B,*,C'")
     p.add_argument("--predicted", default=None, help="predicted next activity")
     p.add_argument("--min-churn", type=_fraction, default=0.0, help="minimum churn risk (latest scoring)")
     p.add_argument("--out", type=Path, default=None, help="CSV file (default: stdout)")
     p.set_defaults(func=cmd_segments)
 
-    p = sub.add_parser("sweep", help="score silent customers up to an event time (backfills), as serving does")
+
+def _add_sweep(commands: _Commands) -> None:
+    p = commands.add_parser("sweep", help="score silent customers up to an event time (backfills), as serving does")
     p.add_argument("--as-of", type=_timestamp, required=True, help="event time to move every partition's clock to")
     p.set_defaults(func=cmd_sweep)
 
-    p = sub.add_parser("bench", help="measure the pipeline on the local stack against a per-event baseline")
+
+def _add_bench(commands: _Commands) -> None:
+    p = commands.add_parser("bench", help="measure the pipeline on the local stack against a per-event baseline")
     p.add_argument("--events", type=_positive_int, default=200_000, help="events for the throughput run")
     p.add_argument("--customers", type=_positive_int, default=20_000)
     p.add_argument("--window", type=_positive_int, default=DEFAULT_WINDOW,
@@ -650,18 +680,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, help="also write the figures as JSON here")
     p.set_defaults(func=cmd_bench)
 
-    p = sub.add_parser("watch", help="live view of a running scorer: throughput, latency, outputs")
+
+def _add_watch(commands: _Commands) -> None:
+    p = commands.add_parser("watch", help="live view of a running scorer: throughput, latency, outputs")
     p.add_argument("--seconds", type=_non_negative_float, default=60.0, help="how long to watch")
     p.add_argument("--metrics-url", help="the scorer's /metrics URL (default: from the settings)")
     p.set_defaults(func=cmd_watch)
 
-    p = sub.add_parser("erase", help="remove everything stored about a customer (GDPR erasure)")
+
+def _add_erase(commands: _Commands) -> None:
+    p = commands.add_parser("erase", help="remove everything stored about a customer (GDPR erasure)")
     p.add_argument("--customer", required=True, help="customer id")
     p.set_defaults(func=cmd_erase)
 
-    p = sub.add_parser("state", help="maintain the Redis state: rebuild windows from the events topic")
-    state_sub = p.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
-    p = state_sub.add_parser(
+
+def _add_state(commands: _Commands) -> None:
+    p = commands.add_parser("state", help="maintain the Redis state: rebuild windows from the events topic")
+    state_commands = p.add_subparsers(dest="state_command", required=True, parser_class=_Parser)
+    p = state_commands.add_parser(
         "rebuild",
         help="re-derive every customer's window (raw history) from the retained events topic",
         description="Reads TOPIC from the beginning (or --since) up to its end offsets at start, with a "
@@ -677,15 +713,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch", type=_positive_int, default=1000, help="events per Redis call (default 1000)")
     p.set_defaults(func=cmd_state)
 
-    p = sub.add_parser("models", help="list | show VERSION | promote VERSION | rollback")
+
+def _add_models(commands: _Commands) -> None:
+    p = commands.add_parser("models", help="list | show VERSION | promote VERSION | rollback")
     p.add_argument("action", choices=("list", "show", "promote", "rollback"))
     p.add_argument("version", nargs="?")
     p.add_argument("--registry", type=Path, default=None, help="model registry (default: SEQSCORE_REGISTRY)")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("dlq", help="the dead-letter topic: replay records once their cause is fixed")
-    dlq_sub = p.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
-    p = dlq_sub.add_parser(
+
+def _add_dlq(commands: _Commands) -> None:
+    p = commands.add_parser("dlq", help="the dead-letter topic: replay records once their cause is fixed")
+    dlq_commands = p.add_subparsers(dest="dlq_command", required=True, parser_class=_Parser)
+    p = dlq_commands.add_parser(
         "replay",
         help="send dead-lettered records back to the events topic",
         description="Reads the dead-letter topic from the beginning up to its end offsets at start (a "
@@ -701,7 +741,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="only records with this seqscore.reason (repeatable)")
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed, produce nothing")
     p.set_defaults(func=cmd_dlq)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -44,6 +44,9 @@ from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
 from state.store import RECORD_DTYPE, STORED_HEADER_BYTES
 from training.defaults import DEFAULT_WINDOW
 from training.simulate import simulate
+
+if TYPE_CHECKING:
+    from consumer.serve.scoring import ModelRunner
 
 BASELINE_EVENTS = 2_000  # docs/design.md, "Numbers the checks use": the per-event baseline runs on a ~2k sample
 BASELINE_WARMUP = 50
@@ -421,9 +424,103 @@ def preflight(settings: Settings, timeout_s: float = 10.0) -> None:
         raise SeqscoreError("; ".join(problems) + " (the bench runs on the local stack: deploy/stack up)")
 
 
+@dataclass
+class _Measured:
+    """The main phases' figures, before they are rounded into the result."""
+
+    runs: list[dict[str, Any]]  # the throughput runs
+    middle: dict[str, Any]  # the median run: its other figures (stage shares, RSS) are reported
+    throughput: float  # median events/s
+    baseline: float  # median events/s of the per-event baseline runs
+    latency: dict[str, Any]
+    redis_bytes: tuple[float, float]  # per customer (sample), with a full window
+
+
+def _measure(bench: Bench, runner: ModelRunner, records: list[tuple[bytes, bytes]]) -> _Measured:
+    """Throughput (--repeat runs), Redis bytes, the per-event baseline (--repeat runs), then
+    latency at --rate or half the throughput."""
+    options = bench.options
+    runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
+    middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]
+    throughput = statistics.median(r["eps"] for r in runs)
+    redis_bytes = bench.redis_bytes(middle["prefix"], max(bench.settings.state.window, runner.spec.window))
+    baseline_sample = records[: BASELINE_EVENTS + BASELINE_WARMUP]
+    baselines = [bench.baseline(baseline_sample, runner, f"baseline{i}") for i in range(options.repeat)]
+    rate = options.rate or throughput / 2
+    stream_seconds = options.warmup_seconds + options.latency_seconds + 5
+    latency = bench.latency(rate, bench.records(int(rate * stream_seconds), options.seed + 2))
+    return _Measured(runs, middle, throughput, statistics.median(baselines), latency, redis_bytes)
+
+
+def _result(measured: _Measured, runner: ModelRunner, options: BenchOptions, settings: Settings) -> dict[str, Any]:
+    """The figures as reported (`table`, --json); times inference alone on the way."""
+    from training.registry import smoke_inputs
+
+    throughput, baseline, latency, middle = measured.throughput, measured.baseline, measured.latency, measured.middle
+    per_customer, full_window = measured.redis_bytes
+    return {
+        "throughput_eps": round(throughput, 1),
+        "throughput_runs_eps": [round(r["eps"], 1) for r in measured.runs],
+        "baseline_eps": round(baseline, 1),
+        "speedup": round(throughput / baseline, 2) if baseline else None,
+        "latency_ms": {k: round(latency[k], 1) for k in ("p50", "p95", "p99", "max")},
+        "latency_outputs": int(latency["n"]),
+        "latency_warmup": {k: round(v, 1) for k, v in latency["warmup"].items()},
+        "offered_eps": round(latency["offered_eps"], 1),
+        "latency_cpu_cores": latency["cpu_cores"],
+        "churn_alerts": latency["churn_alerts"],
+        "plots": [latency["plot"]],
+        "stage_share": middle["stage_share"],
+        "infer_sps_by_batch": time_batches(runner.infer, smoke_inputs(runner.manifest)),
+        "infer_device": runner.device,
+        "infer_threads": settings.model.threads,
+        "workers": worker_count(settings.model_copy(update={"workers": options.workers})),
+        "redis_bytes_per_customer": round(per_customer, 1),
+        "redis_bytes_full_window": round(full_window, 1),
+        "rss_mb": round(middle["rss_mb"], 1),
+        "events": options.events,
+        "customers": options.customers,
+        "window": runner.spec.window,
+        "model_version": runner.version,
+        "model_units": runner.manifest["training"]["model"]["units"],
+        "max_batch": settings.batch.max_batch,
+        "repeat": options.repeat,
+        "machine": machine_info(settings),
+    }
+
+
+def _comparisons(bench: Bench, records: list[tuple[bytes, bytes]], throughput: float, workers: int) -> dict[str, Any]:
+    """Throughput runs to compare with the measured one: a single worker (when the scorer has
+    several), --instances scorers in one group, Kafka transactions (--exactly-once)."""
+    options = bench.options
+    result: dict[str, Any] = {}
+    if workers > 1:
+        single = bench.throughput(records, "one-worker", env={"SEQSCORE_WORKERS": "1"})
+        result["one_worker"] = {
+            "throughput_eps": round(single["eps"], 1),
+            "ratio": round(throughput / single["eps"], 3) if single["eps"] else None,
+        }
+    if options.instances > 1:
+        scale = bench.throughput(records, "scale", instances=options.instances)
+        result["instances"] = {
+            "count": options.instances,
+            "throughput_eps": round(scale["eps"], 1),
+            "missing": scale["missing"],
+            "duplicated": scale["duplicated"],
+        }
+    if options.exactly_once:
+        transactional = {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once", "SEQSCORE_INSTANCE_ID": "bench"}
+        eos = bench.throughput(records, "eos", env=transactional)
+        result["exactly_once"] = {
+            "throughput_eps": round(eos["eps"], 1),
+            "ratio": round(eos["eps"] / throughput, 3) if throughput else None,
+        }
+    return result
+
+
 def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     from consumer.serve.scoring import ModelRunner, configure_threads
-    from training.registry import resolve_model_dir, smoke_inputs
+    from training.registry import resolve_model_dir
 
     # inference alone and the baseline run in this process, on the scorer's thread count; it is
     # fixed at TensorFlow's first op, which training the bench's model would be
@@ -434,66 +531,9 @@ def run_bench(options: BenchOptions, settings: Settings, on_result: Callable[[di
         bench.registry = bench.model()
         runner = ModelRunner(resolve_model_dir(bench.registry), threads=settings.model.threads)
         records = bench.records(options.events, options.seed)
-        runs = [bench.throughput(records, f"tp{i}") for i in range(options.repeat)]
-        middle = sorted(runs, key=lambda r: r["eps"])[len(runs) // 2]  # the median run's other figures
-        throughput = statistics.median(r["eps"] for r in runs)
-        per_customer, full_window = bench.redis_bytes(middle["prefix"], max(settings.state.window, runner.spec.window))
-        baseline_sample = records[: BASELINE_EVENTS + BASELINE_WARMUP]
-        baselines = [bench.baseline(baseline_sample, runner, f"baseline{i}") for i in range(options.repeat)]
-        baseline = statistics.median(baselines)
-        rate = options.rate or throughput / 2
-        stream_seconds = options.warmup_seconds + options.latency_seconds + 5
-        latency = bench.latency(rate, bench.records(int(rate * stream_seconds), options.seed + 2))
-        result: dict[str, Any] = {
-            "throughput_eps": round(throughput, 1),
-            "throughput_runs_eps": [round(r["eps"], 1) for r in runs],
-            "baseline_eps": round(baseline, 1),
-            "speedup": round(throughput / baseline, 2) if baseline else None,
-            "latency_ms": {k: round(latency[k], 1) for k in ("p50", "p95", "p99", "max")},
-            "latency_outputs": int(latency["n"]),
-            "latency_warmup": {k: round(v, 1) for k, v in latency["warmup"].items()},
-            "offered_eps": round(latency["offered_eps"], 1),
-            "latency_cpu_cores": latency["cpu_cores"],
-            "churn_alerts": latency["churn_alerts"],
-            "plots": [latency["plot"]],
-            "stage_share": middle["stage_share"],
-            "infer_sps_by_batch": time_batches(runner.infer, smoke_inputs(runner.manifest)),
-            "infer_device": runner.device,
-            "infer_threads": settings.model.threads,
-            "workers": worker_count(settings.model_copy(update={"workers": options.workers})),
-            "redis_bytes_per_customer": round(per_customer, 1),
-            "redis_bytes_full_window": round(full_window, 1),
-            "rss_mb": round(middle["rss_mb"], 1),
-            "events": options.events,
-            "customers": options.customers,
-            "window": runner.spec.window,
-            "model_version": runner.version,
-            "model_units": runner.manifest["training"]["model"]["units"],
-            "max_batch": settings.batch.max_batch,
-            "repeat": options.repeat,
-            "machine": machine_info(settings),
-        }
-        if result["workers"] > 1:
-            single = bench.throughput(records, "one-worker", env={"SEQSCORE_WORKERS": "1"})
-            result["one_worker"] = {
-                "throughput_eps": round(single["eps"], 1),
-                "ratio": round(throughput / single["eps"], 3) if single["eps"] else None,
-            }
-        if options.instances > 1:
-            scale = bench.throughput(records, "scale", instances=options.instances)
-            result["instances"] = {
-                "count": options.instances,
-                "throughput_eps": round(scale["eps"], 1),
-                "missing": scale["missing"],
-                "duplicated": scale["duplicated"],
-            }
-        if options.exactly_once:
-            transactional = {"SEQSCORE_PROCESSING_GUARANTEE": "exactly_once", "SEQSCORE_INSTANCE_ID": "bench"}
-            eos = bench.throughput(records, "eos", env=transactional)
-            result["exactly_once"] = {
-                "throughput_eps": round(eos["eps"], 1),
-                "ratio": round(eos["eps"] / throughput, 3) if throughput else None,
-            }
+        measured = _measure(bench, runner, records)
+        result = _result(measured, runner, options, settings)
+        result.update(_comparisons(bench, records, measured.throughput, result["workers"]))
         on_result(result)
         return result
     finally:

@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -113,6 +113,103 @@ def _end_offsets(consumer: Consumer, topic: str, bootstrap: str) -> dict[int, tu
     return marks
 
 
+@dataclass(frozen=True)
+class _Selection:
+    """Which DLQ records a replay takes: dead-lettered in [since_ms, until_ms), for one of
+    `reasons` when given."""
+
+    since_ms: int
+    until_ms: int | None
+    reasons: frozenset[str] | None
+
+    def takes(self, stamp: int, reason: str) -> bool:
+        if stamp < self.since_ms or (self.until_ms is not None and stamp >= self.until_ms):
+            return False
+        return self.reasons is None or reason in self.reasons
+
+
+class _ReadUpToEnd:
+    """Reading the DLQ up to the end offsets seen at start: records dead-lettered during the
+    replay (a replayed record refused again) are never read, so a replay always ends."""
+
+    def __init__(self, topic: str, marks: dict[int, tuple[int, int]]) -> None:
+        self.topic, self.marks = topic, marks
+        self.total = sum(high - low for low, high in marks.values())
+        # done once past the end offsets seen at start, or at the end (EOF) under read_committed,
+        # which stops at the last stable offset when a transaction is still open
+        self.pending = {p for p, (low, high) in marks.items() if high > low}
+        self.last_seen = time.monotonic()
+
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in sorted(self.pending)]
+
+    def batches(self, consumer: Consumer) -> Iterator[list[Message]]:
+        self.last_seen = time.monotonic()
+        while self.pending:
+            if time.monotonic() - self.last_seen > STALL_S:
+                raise KafkaUnavailable(f"no progress reading {self.topic} for {STALL_S:.0f}s")
+            yield consumer.consume(500, 1.0)
+
+    def admits(self, msg: Message) -> bool:
+        """Whether `msg` is a record from before the start; notes ends of partitions on the way."""
+        partition = msg.partition()
+        error = msg.error()
+        if error is None or error.code() == KafkaError._PARTITION_EOF:
+            self.last_seen = time.monotonic()
+        if error is not None:
+            if error.code() == KafkaError._PARTITION_EOF:
+                self.pending.discard(partition)
+                return False
+            if error.fatal() or not error.retriable():
+                raise KafkaUnavailable(f"reading {self.topic}: {error.str()}")
+            return False
+        if partition not in self.pending:
+            return False
+        offset = msg.offset()
+        if offset is not None and offset + 1 >= self.marks[partition][1]:
+            self.pending.discard(partition)
+        return offset is None or offset < self.marks[partition][1]  # else dead-lettered after the replay began
+
+
+def _reader_config(settings: Settings, quiet: dict[str, int]) -> dict[str, object]:
+    return settings.kafka_config(**quiet, **{
+        "group.id": f"seqscore-dlq-replay-{uuid.uuid4().hex}",  # assign() only: never joins, never commits
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "isolation.level": "read_committed",
+        "enable.partition.eof": True,
+    })
+
+
+def _erased_customers(store: StateStore, messages: list[Message]) -> set[str]:
+    """Those of the batch's customers whose state is an erasure tombstone."""
+    return store.erased(sorted({key.decode("utf-8", "replace") for m in messages
+                                if m.error() is None and (key := m.key())}))
+
+
+def _take(msg: Message, selection: _Selection, erased: set[str], emitter: Emitter | None, target: str,
+          report: ReplayReport) -> None:
+    """Count a record read from before the start, and re-produce it to `target` when selected
+    and replayable (a dry run has no emitter)."""
+    report.read += 1
+    _, stamp = msg.timestamp()
+    reason = reason_of(msg)
+    if not selection.takes(stamp, reason):
+        return
+    report.selected += 1
+    report.by_reason[reason] += 1
+    if any(k == TRUNCATED_HEADER for k, _ in _headers(msg)):
+        report.truncated += 1
+        return
+    key = msg.key()
+    if key and key.decode("utf-8", "replace") in erased:
+        report.erased += 1  # erased since: replaying would bring the customer back
+        return
+    if emitter is not None:
+        emitter.send(target, msg.key(), msg.value(), replay_headers(msg))
+        report.replayed += 1
+
+
 def replay(
     settings: Settings,
     since_ms: int,
@@ -126,81 +223,32 @@ def replay(
     and wait until every one is acknowledged."""
     if until_ms is not None and until_ms <= since_ms:
         raise ConfigError("--until must be later than --since")
-    wanted = check_reasons(reasons)
+    selection = _Selection(since_ms, until_ms, check_reasons(reasons))
     note = progress or (lambda line: print(line, file=sys.stderr))
     topic, target = settings.topics.dlq, settings.topics.events
     # librdkafka logs each failed connection attempt to stderr; the command reports a broker
     # it cannot reach in one line instead, and shows them with `seqscore -v`
     quiet = {} if logging.getLogger().isEnabledFor(logging.DEBUG) else {"log_level": 0}
-    consumer = Consumer(settings.kafka_config(**quiet, **{
-        "group.id": f"seqscore-dlq-replay-{uuid.uuid4().hex}",  # assign() only: never joins, never commits
-        "enable.auto.commit": False,
-        "enable.auto.offset.store": False,
-        "isolation.level": "read_committed",
-        "enable.partition.eof": True,
-    }))
+    consumer = Consumer(_reader_config(settings, quiet))
     producer_config = settings.kafka_config(**quiet, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
     emitter = None if dry_run else Emitter(producer_config)
     store = StateStore(redis_client(settings, "command"), settings.state.key_prefix,
                        settings.state.window, 0, 1)
     report = ReplayReport(dry_run=dry_run)
     try:
-        marks = _end_offsets(consumer, topic, settings.kafka_bootstrap)
-        # done once past the end offsets seen at start, or at the end (EOF) under read_committed,
-        # which stops at the last stable offset when a transaction is still open
-        pending = {p for p, (low, high) in marks.items() if high > low}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in sorted(pending)])
-        total = sum(high - low for low, high in marks.values())
-        note(f"dlq replay: reading {topic} ({total} records in {len(marks)} partitions)"
+        reading = _ReadUpToEnd(topic, _end_offsets(consumer, topic, settings.kafka_bootstrap))
+        consumer.assign(reading.assignment())
+        note(f"dlq replay: reading {topic} ({reading.total} records in {len(reading.marks)} partitions)"
              + (" (dry run)" if dry_run else f", replaying to {target}"))
-        last_note = last_seen = time.monotonic()
-        while pending:
-            if time.monotonic() - last_seen > STALL_S:
-                raise KafkaUnavailable(f"no progress reading {topic} for {STALL_S:.0f}s")
-            messages = consumer.consume(500, 1.0)
-            erased = store.erased(sorted({key.decode("utf-8", "replace") for m in messages
-                                          if m.error() is None and (key := m.key())}))
+        last_note = time.monotonic()
+        for messages in reading.batches(consumer):
+            erased = _erased_customers(store, messages)
             for msg in messages:
-                partition = msg.partition()
-                error = msg.error()
-                if error is None or error.code() == KafkaError._PARTITION_EOF:
-                    last_seen = time.monotonic()
-                if error is not None:
-                    if error.code() == KafkaError._PARTITION_EOF:
-                        pending.discard(partition)
-                        continue
-                    if error.fatal() or not error.retriable():
-                        raise KafkaUnavailable(f"reading {topic}: {error.str()}")
-                    continue
-                if partition not in pending:
-                    continue
-                offset = msg.offset()
-                if offset is not None and offset + 1 >= marks[partition][1]:
-                    pending.discard(partition)
-                if offset is not None and offset >= marks[partition][1]:
-                    continue  # dead-lettered after the replay began
-                report.read += 1
-                _, stamp = msg.timestamp()
-                reason = reason_of(msg)
-                if stamp < since_ms or (until_ms is not None and stamp >= until_ms):
-                    continue
-                if wanted is not None and reason not in wanted:
-                    continue
-                report.selected += 1
-                report.by_reason[reason] += 1
-                if any(k == TRUNCATED_HEADER for k, _ in _headers(msg)):
-                    report.truncated += 1
-                    continue
-                key = msg.key()
-                if key and key.decode("utf-8", "replace") in erased:
-                    report.erased += 1  # erased since: replaying would bring the customer back
-                    continue
-                if emitter is not None:
-                    emitter.send(target, msg.key(), msg.value(), replay_headers(msg))
-                    report.replayed += 1
+                if reading.admits(msg):
+                    _take(msg, selection, erased, emitter, target, report)
             if time.monotonic() - last_note > PROGRESS_EVERY_S:
                 last_note = time.monotonic()
-                note(f"  read {report.read}/{total}, selected {report.selected}")
+                note(f"  read {report.read}/{reading.total}, selected {report.selected}")
         if emitter is not None:
             emitter.wait_delivered(keep_membership=False)
     finally:

@@ -26,8 +26,7 @@ import numpy as np
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.clients import redis_client
-from consumer.serve import silence
+from consumer.clients import state_store
 from consumer.serve.source import EventDecoder
 from consumer.settings import Settings
 from state.encoding import FeatureSpec
@@ -65,25 +64,16 @@ class RebuildReport:
         )
 
 
-def state_capacity(settings: Settings) -> int:
-    """Events kept per customer: what `seqscore serve` keeps, max(SEQSCORE_STATE__WINDOW, the
-    CURRENT model's window), read from the manifest without loading the model."""
+def current_model_shape(settings: Settings) -> tuple[int | None, float | None]:
+    """The CURRENT model's window and churn horizon, read from its manifest without loading
+    the model (None, None: no model yet): the rebuilt windows and quiet sets are the ones
+    `seqscore serve` would keep for it."""
     registry = Registry(settings.registry)
     current = registry.current()
     if current is None:
-        return settings.state.window
-    spec = FeatureSpec.from_dict(registry.manifest(current)["features"])
-    return max(settings.state.window, spec.window)
-
-
-def silence_marks(settings: Settings) -> tuple[int, ...]:
-    """The marks `seqscore serve` tracks silences at, from the CURRENT model's churn horizon:
-    the rebuilt quiet sets are the ones the scorers would have kept."""
-    registry = Registry(settings.registry)
-    current = registry.current()
-    if not settings.silence.enabled or current is None:
-        return ()
-    return silence.marks_for(settings.silence.marks_days, float(registry.manifest(current)["churn"]["horizon_days"]))
+        return None, None
+    manifest = registry.manifest(current)
+    return FeatureSpec.from_dict(manifest["features"]).window, float(manifest["churn"]["horizon_days"])
 
 
 def _ranges(consumer: Consumer, topic: str, since_s: int | None, bootstrap: str) -> dict[int, tuple[int, int]]:
@@ -129,29 +119,8 @@ class _Progress:
         self.out.flush()
 
 
-def rebuild_state(
-    settings: Settings,
-    topic: str,
-    since_s: int | None = None,
-    batch: int = 1000,
-    progress: TextIO | None = sys.stderr,
-    idle_timeout_s: float = 60.0,
-) -> RebuildReport:
-    """Apply every valid event of `topic` (from the start or `since_s`, up to the end offsets
-    of now) to the windows under SEQSCORE_STATE__KEY_PREFIX; returns what was done."""
-    started = time.monotonic()
-    report = RebuildReport(topic=topic, capacity=state_capacity(settings))
-    client = redis_client(settings, "command")
-    store = StateStore(
-        client,
-        settings.state.key_prefix,
-        report.capacity,
-        settings.state.lateness_seconds,
-        settings.state.retention_days * 86_400,
-        silence_marks(settings),
-    )
-    decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds, store.tag_key())
-    consumer = Consumer(
+def _throwaway_consumer(settings: Settings) -> Consumer:
+    return Consumer(
         settings.kafka_config(
             **{
                 # librdkafka wants a group id even for assign(); a fresh one, never committed,
@@ -164,6 +133,53 @@ def rebuild_state(
             }
         )
     )
+
+
+def _before_end(messages: list[Message], remaining: dict[int, int], topic: str) -> list[Message]:
+    """The records of partitions still being read that precede the end offsets captured at start."""
+    kept = []
+    for msg in messages:
+        error = msg.error()
+        if error is not None:
+            if error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise KafkaUnavailable(f"reading {topic}: {error}")
+            continue
+        partition, offset = msg.partition(), msg.offset()
+        if partition is None or offset is None or offset >= remaining.get(partition, -1):
+            continue  # produced after the start: the scorers handle it
+        kept.append(msg)
+    return kept
+
+
+def _pause_finished(consumer: Consumer, topic: str, remaining: dict[int, int]) -> None:
+    """Pause and forget the partitions whose position reached the captured end: control records
+    of transactions have offsets but never arrive as messages, so the position says when one is done."""
+    done = [
+        tp
+        for tp in consumer.position([TopicPartition(topic, p) for p in remaining])
+        if tp.offset is not None and tp.offset >= remaining[tp.partition]
+    ]
+    if done:
+        consumer.pause(done)
+        for tp in done:
+            del remaining[tp.partition]
+
+
+def rebuild_state(
+    settings: Settings,
+    topic: str,
+    since_s: int | None = None,
+    batch: int = 1000,
+    progress: TextIO | None = sys.stderr,
+    idle_timeout_s: float = 60.0,
+) -> RebuildReport:
+    """Apply every valid event of `topic` (from the start or `since_s`, up to the end offsets
+    of now) to the windows under SEQSCORE_STATE__KEY_PREFIX; returns what was done."""
+    started = time.monotonic()
+    store = state_store(settings, "command", *current_model_shape(settings))
+    report = RebuildReport(topic=topic, capacity=store.capacity)
+    decoder = EventDecoder(settings.max_event_bytes, settings.state.max_future_seconds, store.tag_key())
+    consumer = _throwaway_consumer(settings)
     try:
         ranges = _ranges(consumer, topic, since_s, settings.kafka_bootstrap)
         remaining = {p: end for p, (start, end) in ranges.items() if start < end}
@@ -172,31 +188,11 @@ def rebuild_state(
         shown = _Progress(progress, report.planned)
         last_progress = time.monotonic()
         while remaining:
-            kept = []
-            for msg in consumer.consume(batch, 0.5):
-                error = msg.error()
-                if error is not None:
-                    if error.fatal() or error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
-                        raise KafkaUnavailable(f"reading {topic}: {error}")
-                    continue
-                partition, offset = msg.partition(), msg.offset()
-                if partition is None or offset is None or offset >= remaining.get(partition, -1):
-                    continue  # produced after the start: the scorers handle it
-                kept.append(msg)
+            kept = _before_end(consumer.consume(batch, 0.5), remaining, topic)
             if kept:
                 _apply(store, decoder, kept, report)
                 last_progress = time.monotonic()
-            # a partition is done once its position reaches the captured end (control records
-            # of transactions have offsets but never arrive as messages)
-            done = [
-                tp
-                for tp in consumer.position([TopicPartition(topic, p) for p in remaining])
-                if tp.offset is not None and tp.offset >= remaining[tp.partition]
-            ]
-            if done:
-                consumer.pause(done)
-                for tp in done:
-                    del remaining[tp.partition]
+            _pause_finished(consumer, topic, remaining)
             if time.monotonic() - last_progress > idle_timeout_s:
                 raise KafkaUnavailable(
                     f"no records from {topic} for {idle_timeout_s:.0f}s with partitions {sorted(remaining)} unfinished"
@@ -206,7 +202,7 @@ def rebuild_state(
         shown.show(report.records, final=True)
     finally:
         consumer.close()
-        client.close()
+        store.client.close()
     return report
 
 
