@@ -131,3 +131,9 @@ def silence_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained long enough (about 25 s) that its churn risk grows with silence; its
     alert threshold is the best-F1 one, low enough that silence alerts come before the horizon."""
     return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32, alerts="f1")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[str]:
+    """A Redis Cluster (3 masters, one replica each): SEQSCORE_TEST_REDIS_CLUSTER names a running one."""
+    yield os.environ["SEQSCORE_TEST_REDIS_CLUSTER"]
