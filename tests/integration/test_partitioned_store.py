@@ -11,12 +11,15 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from consumer.segments import scan as segments
+from consumer.settings import cluster_seed_urls
 from state.partitioned import PartitionedStore, partition_prefix
 from state.store import APPLIED, REPLAY, UPDATE_ARG_DTYPE, AppliedBatch, EventBatch, StateStore, event_tag
 from training.history import history_from_table, history_table
 from training.simulate import simulate
 
 DAY = 86_400
+T0 = 1_650_000_000
 PARTITIONS = 6
 MARKS = (10 * DAY, 30 * DAY)
 
@@ -24,7 +27,7 @@ MARKS = (10 * DAY, 30 * DAY)
 @pytest.fixture
 def stores(stack: dict[str, str], redis_cluster: str, unique: str) -> Iterator[tuple[StateStore, PartitionedStore]]:
     single = redis.Redis.from_url(stack["redis"])
-    cluster = RedisCluster.from_url(redis_cluster)
+    cluster = RedisCluster.from_url(cluster_seed_urls(redis_cluster)[0])
     yield (StateStore(single, f"s{unique}", 6, 2 * DAY, 3600, MARKS, keeps_undo=True),
            PartitionedStore(cluster, f"c{unique}", 6, 2 * DAY, 3600, MARKS, keeps_undo=True, partitions=PARTITIONS))
     for key in single.scan_iter(f"s{unique}:*"):
@@ -132,3 +135,39 @@ def test_a_rolled_back_partition_returns_to_its_committed_state(stores: tuple[St
     assert not (again.status == REPLAY).any(), "the second batch is new again: rolled back"
     kept, _ = cluster.preview(first)
     assert not (kept.status == APPLIED).any(), "the first, committed, stays"
+
+
+def test_an_erased_customer_stays_erased_on_the_cluster(stores: tuple[StateStore, PartitionedStore]) -> None:
+    """A batch in flight before the erasure brings nothing back, the same events again restore
+    nothing, and the segments scan of every master does not list the customer."""
+    _, cluster = stores
+    customers = [f"x{i}" for i in range(8)]
+    rows = [(c, cluster.partition_of(c)) for c in customers]
+    first = EventBatch(customers, np.array([p for _, p in rows]), np.arange(8), np.full(8, T0), np.ones(8, np.uint32),
+                       np.ones(8, np.uint32), np.arange(8, dtype=np.uint32))
+    cluster.apply(first)
+    later = EventBatch(customers, first.partition, np.arange(8, 16), np.full(8, T0 + 60), np.ones(8, np.uint32),
+                       np.ones(8, np.uint32), np.arange(8, 16, dtype=np.uint32))
+    _, pending = cluster.preview(later)
+    gone = customers[3]
+    cluster.erase(gone, cluster.partition_of(gone), 16)
+    cluster.write(pending)
+    assert cluster.erased(customers) == {gone}
+    again = cluster.apply(first)
+    assert again.status[3] == REPLAY and cluster.erased([gone]) == {gone}
+    listed = segments.scan(cluster.client, cluster.prefix, 4).customer_ids
+    assert sorted(listed) == sorted(set(customers) - {gone}), "every master scanned, the erased one left out"
+
+
+def test_the_segments_scan_of_a_cluster_equals_one_redis(stores: tuple[StateStore, PartitionedStore]) -> None:
+    single, cluster = stores
+    for events in stream(seed=8)[:6]:
+        single.apply(events)
+        cluster.apply(events)
+    on_one = segments.scan(single.client, single.prefix, 4)
+    on_cluster = segments.scan(cluster.client, cluster.prefix, 4)
+    order_one, order_cluster = np.argsort(on_one.customer_ids), np.argsort(on_cluster.customer_ids)
+    assert len(on_one.customer_ids) > 20
+    assert [on_one.customer_ids[i] for i in order_one] == [on_cluster.customer_ids[i] for i in order_cluster]
+    for name in ("last_codes", "count", "last_ts", "pred_code"):
+        assert (getattr(on_one, name)[order_one] == getattr(on_cluster, name)[order_cluster]).all(), name
