@@ -82,6 +82,8 @@ class PartitionedWrite:
 def merge_applied(parts: list[tuple[AppliedBatch, NDArray[np.int64]]], n_events: int) -> AppliedBatch:
     """One AppliedBatch from the partitions' own: customers concatenated in partition order,
     per-event fields back at the events' places in the batch (`rows`)."""
+    if not parts:
+        return AppliedBatch.from_reply([], np.zeros(0, np.int64), [b"", b"", b"", b"", b"", [], b"", b""])
     customer_index = np.zeros(n_events, np.int64)
     status = np.zeros(n_events, np.int64)
     position = np.zeros(n_events, np.int64)
