@@ -19,6 +19,7 @@ from training.simulate import simulate
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(600)  # the cluster's start may fall into this test's setup
 def test_serving_on_a_redis_cluster_equals_serving_on_one_redis(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str,
     redis_cluster: str,
@@ -72,6 +73,9 @@ class Progress:
         self._thread.join()
 
 
+# a clean run, then a faulted one streamed slowly enough to span three failovers, on a
+# cluster whose start (three JVMs, six Redis nodes) may fall into this test's setup
+@pytest.mark.timeout(900)
 def test_two_scorers_on_the_cluster_lose_nothing_when_a_broker_a_redis_master_and_a_scorer_die(
     test_env: dict[str, str], tiny_registry: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, unique: str,
     cluster_stack: ClusterStack,
