@@ -191,12 +191,15 @@ class PartitionedStore:
         return all(done.values())
 
     def claim(self, partition: int) -> int:
-        generation = self._guarded(lambda: self._part(partition).claim(partition))
+        generation = self._guarded(lambda: self._confirmed(partition, self._part(partition).claim(partition)))
         self.claims[partition] = generation
         return generation
 
     def rollback(self, partition: int, committed_offset: int) -> int:
-        return self._guarded(lambda: self._part(partition).rollback(partition, committed_offset))
+        """As StateStore.rollback; confirmed by a replica like a batch's write, since a
+        rollback lost to a failover would bring back a write whose outputs were aborted."""
+        return self._guarded(
+            lambda: self._confirmed(partition, self._part(partition).rollback(partition, committed_offset)))
 
     def tag_key(self) -> bytes:
         """One key for the whole state, as on a single Redis (a plain key, in any slot)."""
@@ -225,13 +228,18 @@ class PartitionedStore:
 
     def erase(self, customer_id: str, partition: int, next_offset: int) -> int:
         """As StateStore.erase, in the slot of `partition`; a copy the customer left in
-        another partition's slot (their events moved) is erased there too."""
-        removed = self._guarded(lambda: self._part(partition).erase(customer_id, partition, next_offset))
+        another partition's slot (their events moved) is erased there too. Confirmed by a
+        replica: an erasure lost to a failover would bring the customer's data back."""
+        removed = self._guarded(lambda: self._confirmed(
+            partition, self._part(partition).erase(customer_id, partition, next_offset)))
         for other in sorted(set(self.clocks()) - {partition}):
             part = self._part(other)
             if part.stored_partition(customer_id) is not None:
-                removed += self._guarded(functools.partial(part.erase, customer_id, other, 0))
+                removed += self._guarded(functools.partial(self._erase_confirmed, part, customer_id, other))
         return int(removed)
+
+    def _erase_confirmed(self, part: StateStore, customer_id: str, partition: int) -> int:
+        return self._confirmed(partition, part.erase(customer_id, partition, 0))
 
     def erased(self, customer_ids: list[str]) -> set[str]:
         found: set[str] = set()
@@ -318,6 +326,14 @@ class PartitionedStore:
             done[partition] = call.finish(replies[at : at + call.replies])
             at += call.replies
         return done
+
+    def _confirmed(self, partition: int, result: int) -> int:
+        """`result`, once the partition's node has replicated what it wrote (see the module)."""
+        if self.replicas > 0:
+            acked = int(self._part(partition).client.execute_command("WAIT", self.replicas, self.replica_timeout_ms))
+            if acked < self.replicas and self.on_unconfirmed is not None:
+                self.on_unconfirmed(1)
+        return result
 
     def _guarded(self, call: Callable[[], Any]) -> Any:
         """Run `call`; a node that no longer serves the slots it was asked for (a failover, a
