@@ -83,34 +83,8 @@ def fit(
     train_model, serve_model = build_models(spec, config, NgramPrior.sizes_of(serving_ngram), len(prior_table))
     train_model.get_layer("prior_table").set_weights([prior_table])
     serve_model.get_layer("ngram").load(serving_ngram)
-    steps_per_epoch = max(1, int(np.ceil(len(train[0]["tokens"]) / config.batch_size)))
-    schedule = keras.optimizers.schedules.ExponentialDecay(config.learning_rate, steps_per_epoch, config.lr_decay)
-    train_model.compile(
-        optimizer=keras.optimizers.Adam(schedule),
-        loss={"next": "sparse_categorical_crossentropy", "churn": "binary_crossentropy"},
-        loss_weights={"next": 1.0, "churn": config.churn_loss_weight},
-        weighted_metrics={"next": ["sparse_categorical_accuracy"]},
-    )
-    n_targets = float(train[2]["next"].sum())
-
-    class Progress(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-            self.started = time.monotonic()
-
-        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-            logs = logs or {}
-            took = time.monotonic() - self.started
-            log(
-                f"  {label}epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f} "
-                f"val_loss {logs.get('val_loss', float('nan')):.4f} next acc "
-                f"{logs.get('next_sparse_categorical_accuracy', float('nan')):.4f} / val "
-                f"{logs.get('val_next_sparse_categorical_accuracy', float('nan')):.4f}  "
-                f"{took:.0f}s ({n_targets / max(took, 1e-9):,.0f} events/s)"
-            )
-            if on_epoch is not None:
-                on_epoch(epoch, {k: float(v) for k, v in logs.items()})
-
-    callbacks: list[Any] = [Progress()]
+    _compile(train_model, config, len(train[0]["tokens"]))
+    callbacks: list[Any] = [_progress(label, epochs, float(train[2]["next"].sum()), on_epoch)]
     if val is not None:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, restore_best_weights=True)
@@ -129,6 +103,46 @@ def fit(
     )
     curves = {k: [float(v) for v in vs] for k, vs in fitted.history.items()}
     return Fitted(train_model, serve_model, curves, time.monotonic() - started)
+
+
+def _compile(train_model: Any, config: ModelConfig, n_windows: int) -> None:
+    """Adam with the learning rate decayed by `config.lr_decay` each epoch; the churn loss weighted."""
+    import keras
+
+    steps_per_epoch = max(1, int(np.ceil(n_windows / config.batch_size)))
+    schedule = keras.optimizers.schedules.ExponentialDecay(config.learning_rate, steps_per_epoch, config.lr_decay)
+    train_model.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss={"next": "sparse_categorical_crossentropy", "churn": "binary_crossentropy"},
+        loss_weights={"next": 1.0, "churn": config.churn_loss_weight},
+        weighted_metrics={"next": ["sparse_categorical_accuracy"]},
+    )
+
+
+def _progress(
+    label: str, epochs: int, n_targets: float, on_epoch: Callable[[int, dict[str, float]], None] | None
+) -> Any:
+    """A callback that logs each epoch on stderr, then hands its logs to `on_epoch`."""
+    import keras
+
+    class Progress(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.monotonic()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            logs = logs or {}
+            took = time.monotonic() - self.started
+            log(
+                f"  {label}epoch {epoch + 1}/{epochs}: loss {logs.get('loss', float('nan')):.4f} "
+                f"val_loss {logs.get('val_loss', float('nan')):.4f} next acc "
+                f"{logs.get('next_sparse_categorical_accuracy', float('nan')):.4f} / val "
+                f"{logs.get('val_next_sparse_categorical_accuracy', float('nan')):.4f}  "
+                f"{took:.0f}s ({n_targets / max(took, 1e-9):,.0f} events/s)"
+            )
+            if on_epoch is not None:
+                on_epoch(epoch, {k: float(v) for k, v in logs.items()})
+
+    return Progress()
 
 
 def next_accuracy_on(fitted: Fitted, arrays: Arrays, prior_table: NDArray[np.float32]) -> tuple[float, float]:

@@ -77,8 +77,6 @@ def build_models(
     import keras
     from keras import layers
 
-    from training.layers import MonotoneChurn, NgramPrior, PriorResidual
-
     window = spec.window if window == -1 else window
     tokens = keras.Input((window,), dtype="int32", name="tokens")
     steps = keras.Input((window, N_STEP_FEATURES), dtype="float32", name="steps")
@@ -86,23 +84,8 @@ def build_models(
     prior_row = keras.Input((window,), dtype="int32", name="prior_row")
     context = keras.Input((spec.n_context,), dtype="float32", name="context")
 
-    embedded = layers.Embedding(spec.vocab_size, config.embedding_dim, name="embedding")(tokens)
-    x = layers.Concatenate(name="step_input")([embedded, steps])
-    # Concatenate drops the embedding's mask, so the padding mask is given explicitly;
-    # masked steps are skipped, which makes pre-padded windows of any length exact.
-    real = keras.ops.not_equal(tokens, 0)
-    for i in range(config.layers):
-        x = layers.LSTM(config.units, return_sequences=True, dropout=config.dropout, name=f"lstm_{i}")(x, mask=real)
-
-    shared = {
-        "join_last": layers.Concatenate(name="join_last"),
-        "hidden": layers.Dense(config.dense_units, activation="relu", name="hidden"),
-        # starts at zero: the untrained model predicts what the n-gram predicts
-        "next_logits": layers.Dense(spec.n_classes, kernel_initializer="zeros", name="next_logits"),
-        "ngram": NgramPrior(**ngram, name="ngram"),
-        "next": PriorResidual(name="next"),
-        "churn": MonotoneChurn(name="churn"),
-    }
+    x = _encode_steps(spec, config, tokens, steps)
+    shared = _head_layers(spec, config, ngram)
     prior_table = layers.Embedding(prior_rows, spec.n_classes, trainable=False, name="prior_table")
     dropout = layers.Dropout(config.dropout, name="hidden_dropout")
 
@@ -125,6 +108,38 @@ def build_models(
         name="seqscore",
     )
     return train_model, serve_model
+
+
+def _encode_steps(spec: FeatureSpec, config: ModelConfig, tokens: Any, steps: Any) -> Any:
+    """Each step's LSTM output from its embedded token and its time features."""
+    import keras
+    from keras import layers
+
+    embedded = layers.Embedding(spec.vocab_size, config.embedding_dim, name="embedding")(tokens)
+    x = layers.Concatenate(name="step_input")([embedded, steps])
+    # Concatenate drops the embedding's mask, so the padding mask is given explicitly;
+    # masked steps are skipped, which makes pre-padded windows of any length exact.
+    real = keras.ops.not_equal(tokens, 0)
+    for i in range(config.layers):
+        x = layers.LSTM(config.units, return_sequences=True, dropout=config.dropout, name=f"lstm_{i}")(x, mask=real)
+    return x
+
+
+def _head_layers(spec: FeatureSpec, config: ModelConfig, ngram: dict[str, Any]) -> dict[str, Any]:
+    """The head layers both graphs share, by name (HEAD_LAYERS and the profile join)."""
+    from keras import layers
+
+    from training.layers import MonotoneChurn, NgramPrior, PriorResidual
+
+    return {
+        "join_last": layers.Concatenate(name="join_last"),
+        "hidden": layers.Dense(config.dense_units, activation="relu", name="hidden"),
+        # starts at zero: the untrained model predicts what the n-gram predicts
+        "next_logits": layers.Dense(spec.n_classes, kernel_initializer="zeros", name="next_logits"),
+        "ngram": NgramPrior(**ngram, name="ngram"),
+        "next": PriorResidual(name="next"),
+        "churn": MonotoneChurn(name="churn"),
+    }
 
 
 def ngram_config(model: Any) -> dict[str, Any]:

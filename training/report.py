@@ -159,8 +159,23 @@ def write_report(
     plot_confusion(result["next_action"]["confusion"], names, directory / "confusion.png")
     if len(curves["churn_label"]):
         plot_churn(curves["churn_label"], curves["churn_risk"], result["churn"]["threshold"], directory / "churn.png")
-    na, ch = result["next_action"], result["churn"]
     lines = [
+        *_summary_lines(manifest),
+        *_test_lines(result),
+        *_served_lines(manifest),
+        "![training curves](training.png)",
+        "",
+        "![confusion matrix](confusion.png)",
+        "",
+        "![churn: ROC, precision-recall, calibration](churn.png)",
+        "",
+    ]
+    (directory / "report.md").write_text("\n".join(lines))
+
+
+def _summary_lines(manifest: dict[str, Any]) -> list[str]:
+    """The title, what the model was trained on, and what training took."""
+    return [
         f"# Model {manifest['version']}",
         "",
         f"Trained on `{manifest['data']['source']}` ({manifest['data']['events']:,} events, "
@@ -171,6 +186,13 @@ def write_report(
         f"({manifest['training']['events_per_second']:,.0f} events/s), peak RSS "
         f"{manifest['training']['peak_rss_mb']:.0f} MB.",
         "",
+    ]
+
+
+def _test_lines(result: dict[str, Any]) -> list[str]:
+    """Both heads against their baselines on the held-out split, then next action per class."""
+    na, ch = result["next_action"], result["churn"]
+    return [
         "## Held-out test split",
         "",
         "| next action | model | most frequent | Markov | n-gram (1-4) |",
@@ -200,12 +222,4 @@ def write_report(
             for k, v in na["per_class"].items()
         ],
         "",
-        *_served_lines(manifest),
-        "![training curves](training.png)",
-        "",
-        "![confusion matrix](confusion.png)",
-        "",
-        "![churn: ROC, precision-recall, calibration](churn.png)",
-        "",
     ]
-    (directory / "report.md").write_text("\n".join(lines))

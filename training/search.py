@@ -63,8 +63,11 @@ def trials_for(targets: int, epochs: int, val_targets: int) -> int:
     return max(1, min(MAX_TRIALS, by_cost, 1 + val_targets // VAL_TARGETS_PER_TRIAL))
 
 
+FitTrial = Callable[[ModelConfig, int, int, Callable[[int, dict[str, float]], None]], Fitted]
+
+
 def search(
-    fit_trial: Callable[[ModelConfig, int, int, Callable[[int, dict[str, float]], None]], Fitted],
+    fit_trial: FitTrial,
     default: ModelConfig,
     max_window: int,
     trials: int,
@@ -93,26 +96,32 @@ def search(
         "window": max_window,
     }
     study.enqueue_trial({k: v for k, v in first.items() if k not in fixed})
-    kept: dict[str, Any] = {}
-    done: list[Trial] = []
+    objective = _Objective(fit_trial, default, windows, trials, seed, fixed)
+    study.optimize(objective, n_trials=trials, timeout=budget_s, catch=())
+    return objective.result()
 
-    def choices(name: str, values: list[Any]) -> list[Any]:
-        return sorted({*values, getattr(default, name)})
 
-    def objective(trial: Any) -> float:
-        suggest = {
-            "units": lambda: trial.suggest_categorical("units", choices("units", [32, 64, 128])),
-            "layers": lambda: trial.suggest_categorical("layers", choices("layers", [1, 2])),
-            "dropout": lambda: trial.suggest_categorical("dropout", choices("dropout", [0.0, 0.1, 0.2, 0.3])),
-            "learning_rate": lambda: trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
-            "batch_size": lambda: trial.suggest_categorical("batch_size", choices("batch_size", [64, 128, 256])),
-            "embedding_dim": lambda: trial.suggest_categorical("embedding_dim", choices("embedding_dim", [16, 32])),
-            "window": lambda: trial.suggest_categorical("window", windows),
-        }
-        params = {name: fixed[name] if name in fixed else draw() for name, draw in suggest.items()}
+@dataclass
+class _Objective:
+    """Optuna's objective: fit the recipe a trial suggests, keeping every trial's record and
+    the best fit."""
+
+    fit_trial: FitTrial
+    default: ModelConfig
+    windows: list[int]
+    trials: int
+    seed: int
+    fixed: dict[str, Any]
+    done: list[Trial] = field(default_factory=list)
+    kept: dict[str, Any] = field(default_factory=dict)  # the best trial so far: loss, fitted, config, window
+
+    def __call__(self, trial: Any) -> float:
+        import optuna
+
+        params = _suggested(trial, self.default, self.windows, self.fixed)
         window = int(params.pop("window"))
-        config = replace(default, **params)
-        log(f"trial {trial.number + 1}/{trials}: window {window}, {_describe(config)}")
+        config = replace(self.default, **params)
+        log(f"trial {trial.number + 1}/{self.trials}: window {window}, {_describe(config)}")
 
         def report(epoch: int, logs: dict[str, float]) -> None:
             trial.report(logs.get("val_loss", float("inf")), epoch)
@@ -122,22 +131,42 @@ def search(
         started = time.monotonic()
         tried = params | {"window": window}
         try:
-            fitted = fit_trial(config, window, seed + trial.number, report)
+            fitted = self.fit_trial(config, window, self.seed + trial.number, report)
         except optuna.TrialPruned:
-            done.append(Trial(trial.number, tried, "pruned", float("inf"), 0, time.monotonic() - started))
+            self.done.append(Trial(trial.number, tried, "pruned", float("inf"), 0, time.monotonic() - started))
             log(f"trial {trial.number + 1}: pruned (validation loss behind the median)")
             raise
         loss = fitted.best_val_loss
-        done.append(Trial(trial.number, tried, "complete", loss, fitted.epochs_run, time.monotonic() - started))
-        if "loss" not in kept or loss < kept["loss"]:
-            kept.update(loss=loss, fitted=fitted, config=config, window=window)
+        self.done.append(Trial(trial.number, tried, "complete", loss, fitted.epochs_run, time.monotonic() - started))
+        if "loss" not in self.kept or loss < self.kept["loss"]:
+            self.kept.update(loss=loss, fitted=fitted, config=config, window=window)
         return loss
 
-    study.optimize(objective, n_trials=trials, timeout=budget_s, catch=())
-    if "fitted" not in kept:
-        raise RuntimeError("no trial completed")
-    log(f"best trial: window {kept['window']}, {_describe(kept['config'])}, validation loss {kept['loss']:.5f}")
-    return SearchResult(kept["fitted"], kept["config"], kept["window"], done)
+    def result(self) -> SearchResult:
+        kept = self.kept
+        if "fitted" not in kept:
+            raise RuntimeError("no trial completed")
+        log(f"best trial: window {kept['window']}, {_describe(kept['config'])}, validation loss {kept['loss']:.5f}")
+        return SearchResult(kept["fitted"], kept["config"], kept["window"], self.done)
+
+
+def _suggested(trial: Any, default: ModelConfig, windows: list[int], fixed: dict[str, Any]) -> dict[str, Any]:
+    """The trial's recipe: fixed values as given, the others suggested in this order (the
+    sampler's draws follow it) from the choices plus the default's own value."""
+
+    def choices(name: str, values: list[Any]) -> list[Any]:
+        return sorted({*values, getattr(default, name)})
+
+    suggest = {
+        "units": lambda: trial.suggest_categorical("units", choices("units", [32, 64, 128])),
+        "layers": lambda: trial.suggest_categorical("layers", choices("layers", [1, 2])),
+        "dropout": lambda: trial.suggest_categorical("dropout", choices("dropout", [0.0, 0.1, 0.2, 0.3])),
+        "learning_rate": lambda: trial.suggest_float("learning_rate", 3e-4, 5e-3, log=True),
+        "batch_size": lambda: trial.suggest_categorical("batch_size", choices("batch_size", [64, 128, 256])),
+        "embedding_dim": lambda: trial.suggest_categorical("embedding_dim", choices("embedding_dim", [16, 32])),
+        "window": lambda: trial.suggest_categorical("window", windows),
+    }
+    return {name: fixed[name] if name in fixed else draw() for name, draw in suggest.items()}
 
 
 def _describe(config: ModelConfig) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.train import below_baselines
+from training.promotion import below_baselines
 
 
 def result(accuracy: float, auc: float) -> dict[str, object]:

@@ -161,11 +161,12 @@ def test_serving_inputs_equal_training_inputs_and_outputs(data: dict[str, Path])
     (windows gathered per scoring point, encoded, serving graph) gives identical inputs,
     and the training graph's per-step outputs equal the serving graph's."""
     from training import ngram
+    from training.arrays import build_spec, training_arrays
     from training.labels import training_chunks
     from training.layers import NgramPrior
     from training.model import ModelConfig, build_models
     from training.prior import contexts_and_targets
-    from training.train import Period, build_spec, training_arrays
+    from training.split import Period
 
     history = load_history(str(data["events"]), str(data["profiles"]))
     spec = build_spec(history, "coarse", 12, use_profile=True)
