@@ -30,7 +30,7 @@ import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import redis
@@ -53,6 +53,13 @@ TOPOLOGY_ERRORS = (
     redis.exceptions.ResponseError,
 )
 NON_LOCAL = ("non local key", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "MASTERDOWN", "LOADING")
+
+
+class TopologyChanged(redis.ConnectionError):
+    """A node no longer serves a slot it was asked for: a failover or a resharding."""
+
+
+T = TypeVar("T")
 
 
 def partition_prefix(prefix: str, partition: int) -> str:
@@ -160,6 +167,9 @@ class PartitionedStore:
 
     # -- StateStore's interface -----------------------------------------------------------
     def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
+        return self._rerouted(functools.partial(self._apply, batch, clocks))
+
+    def _apply(self, batch: EventBatch, clocks: dict[int, int] | None) -> AppliedBatch:
         rows = self._rows_by_partition(batch)
         partitions = sorted(set(rows) | set(clocks or {}))
         calls = {p: self._part(p).apply_call(batch.take(rows.get(p, _NONE)), _only(clocks, p)) for p in partitions}
@@ -168,6 +178,11 @@ class PartitionedStore:
 
     def preview(
         self, batch: EventBatch, before: PartitionedWrite | None = None, clocks: dict[int, int] | None = None
+    ) -> tuple[AppliedBatch, PartitionedWrite]:
+        return self._rerouted(functools.partial(self._preview, batch, before, clocks))
+
+    def _preview(
+        self, batch: EventBatch, before: PartitionedWrite | None, clocks: dict[int, int] | None
     ) -> tuple[AppliedBatch, PartitionedWrite]:
         rows = self._rows_by_partition(batch)
         read = sorted(set(rows) | set(clocks or {}))
@@ -187,19 +202,23 @@ class PartitionedStore:
         return merge_applied([(done[p][0], rows.get(p, _NONE)) for p in read], len(batch)), write
 
     def write(self, pending: PartitionedWrite) -> bool:
+        return self._rerouted(functools.partial(self._write, pending))
+
+    def _write(self, pending: PartitionedWrite) -> bool:
         done = self._run({p: self._part(p).write_call(w) for p, w in pending.parts.items()}, writes=True)
         return all(done.values())
 
     def claim(self, partition: int) -> int:
-        generation = self._guarded(lambda: self._confirmed(partition, self._part(partition).claim(partition)))
+        generation: int = self._rerouted(
+            lambda: self._guarded(lambda: self._confirmed(partition, self._part(partition).claim(partition))))
         self.claims[partition] = generation
         return generation
 
     def rollback(self, partition: int, committed_offset: int) -> int:
         """As StateStore.rollback; confirmed by a replica like a batch's write, since a
         rollback lost to a failover would bring back a write whose outputs were aborted."""
-        return self._guarded(
-            lambda: self._confirmed(partition, self._part(partition).rollback(partition, committed_offset)))
+        return self._rerouted(lambda: self._guarded(
+            lambda: self._confirmed(partition, self._part(partition).rollback(partition, committed_offset))))
 
     def tag_key(self) -> bytes:
         """One key for the whole state, as on a single Redis (a plain key, in any slot)."""
@@ -344,12 +363,22 @@ class PartitionedStore:
             if "non local key" not in str(exc):
                 raise
             self._refresh(exc)
-            raise redis.ConnectionError(f"Redis Cluster slot moved: {exc}") from exc
+            raise TopologyChanged(f"Redis Cluster slot moved: {exc}") from exc
         except TOPOLOGY_ERRORS as exc:
             if isinstance(exc, redis.exceptions.ResponseError) and not str(exc).startswith(NON_LOCAL):
                 raise
             self._refresh(exc)
-            raise redis.ConnectionError(f"Redis Cluster topology changed: {exc}") from exc
+            raise TopologyChanged(f"Redis Cluster topology changed: {exc}") from exc
+
+    def _rerouted(self, operation: Callable[[], T]) -> T:
+        """Run `operation`, which routes its calls by the slot map; when the map changed under
+        it, once more at once on the new map (every state call is idempotent), so that a
+        failover costs its own duration, not the outage retry's backoff. A second failure is
+        an outage (TopologyChanged is a ConnectionError), retried by the caller."""
+        try:
+            return operation()
+        except TopologyChanged:
+            return operation()
 
     def _refresh(self, cause: Exception) -> None:
         log.warning("Redis Cluster: reading the slot map again (%s)", cause)
