@@ -465,16 +465,13 @@ def cmd_segments(args: argparse.Namespace) -> int:
 def cmd_erase(args: argparse.Namespace) -> int:
     from confluent_kafka import Consumer
 
-    from consumer.clients import redis_client
+    from consumer.clients import state_store
     from consumer.ops.erasure import erase_customer
     from consumer.serve.emit import Emitter
     from consumer.settings import load_settings
-    from state.store import StateStore
 
     settings = load_settings()
-    client = redis_client(settings, "command")
-    store = StateStore(client, settings.state.key_prefix, settings.state.window, 0,
-                       settings.state.retention_days * 86_400)
+    store = state_store(settings, "command", None, None)  # an erasure reads no window
     consumer = Consumer(settings.kafka_config(**{"group.id": "seqscore-erase", "log_level": 2}))
     try:
         removed = erase_customer(store, args.customer, consumer, settings.topics.events)

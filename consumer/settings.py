@@ -88,6 +88,20 @@ class BatchSettings(BaseModel):
     )
 
 
+def cluster_seed_urls(url: str) -> list[str]:
+    """`redis+cluster://[user:password@]host:port[,host:port...][/db][?query]` (or rediss+):
+    one plain URL per seed node, as redis-py's clients take them."""
+    scheme, _, rest = url.partition("+cluster://")
+    authority, slash, path = rest.partition("/")
+    if not slash:
+        authority, question, query = authority.partition("?")
+        path = question + query
+    else:
+        path = "/" + path
+    credentials, at, hosts = authority.rpartition("@")
+    return [f"{scheme}://{credentials}{at}{host}{path}" for host in hosts.split(",")]
+
+
 class StateSettings(BaseModel):
     key_prefix: str = Field(default="seqscore", min_length=1, max_length=64)
     window: int = Field(default=DEFAULT_WINDOW, ge=1, le=1024, description="Raw events kept per customer.")
@@ -100,6 +114,15 @@ class StateSettings(BaseModel):
         "if earlier) is dead-lettered as ts_out_of_range: one device with a wrong clock must not move its "
         "partition's event-time clock, which fires every silence up to that date.",
     )
+    confirm_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="Redis Cluster only: every state write waits (WAIT) for this many replicas before the batch's "
+        "offsets are committed, so that a failover does not lose state whose events are committed. A master "
+        "with fewer replicas connected writes unconfirmed, counted in seqscore_state_unconfirmed_writes_total.",
+    )
+    confirm_timeout_ms: int = Field(default=1000, ge=1, le=60_000, description="How long a write waits for them.")
 
 
 class ModelSettings(BaseModel):
@@ -218,10 +241,11 @@ class Settings(BaseSettings):
     def _redis_scheme(cls, value: str) -> str:
         from redis.connection import parse_url
 
-        if not re.match(r"^(redis|rediss|unix)://", value):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if not re.match(r"^(redis|rediss|unix|redis\+cluster|rediss\+cluster)://", value):
+            raise ValueError("must start with redis://, rediss://, unix://, redis+cluster:// or rediss+cluster://")
         try:
-            parse_url(value)  # what redis-py's from_url does, so that no command fails later
+            for url in cluster_seed_urls(value) if "+cluster://" in value else [value]:
+                parse_url(url)  # what redis-py's from_url does, so that no command fails later
         except ValueError:
             # redis-py's message quotes a piece of the URL, which may be part of the password
             raise ValueError(

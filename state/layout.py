@@ -35,6 +35,8 @@ class Keys:
         self.owner = f"{prefix}:owner"
         self.tag_key = f"{prefix}:tag-key"
         self.windows = f"{prefix}:{{c:*}}:w"  # a SCAN pattern of every window
+        # on a Redis Cluster each events partition has its own prefix (state/partitioned.py)
+        self.partitioned_windows = f"{prefix}:{{p*}}:{{c:*}}:w"
         self.undo_prefix = f"{prefix}:undo:"
 
     def window(self, customer_id: str) -> str:
@@ -51,7 +53,7 @@ class Keys:
 
     def customer_of_window(self, key: str | bytes) -> str:
         name = key.decode("utf-8") if isinstance(key, bytes) else key
-        return name[len(self.prefix) + len(":{c:") : -len("}:w")]
+        return name[name.index(":{c:", len(self.prefix)) + len(":{c:") : -len("}:w")]
 
 
 HEADER_DTYPE = np.dtype(  # as the script returns it

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 import redis
@@ -344,6 +344,20 @@ def packed_clock_moves(batch: EventBatch, clocks: dict[int, int] | None) -> byte
     return packed.astype("<u4").tobytes()
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ScriptCall(Generic[T]):
+    """Commands to queue into one pipeline, and how to read their replies: the store runs one
+    alone; a Redis Cluster store puts the calls of the partitions one node serves into one
+    pipeline (state/partitioned.py)."""
+
+    queue: Callable[[Pipeline], None]
+    replies: int
+    finish: Callable[[list[Any]], T]
+
+
 class StateStore:
     """Redis-backed windows of the last `capacity` events per customer. No slack is needed for
     replays: a replayed event is either unstored (scored again from unchanged state) or
@@ -387,12 +401,7 @@ class StateStore:
 
     def apply(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> AppliedBatch:
         """Apply and store the batch in one round trip; return every event's window position."""
-        customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
-        with script_errors():
-            reply = self._apply(keys=keys, args=args.argv())
-        if reply == FENCED:
-            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
-        return AppliedBatch.from_reply(customers, customer_index, reply)
+        return self.run(self.apply_call(batch, clocks))
 
     def preview(
         self, batch: EventBatch, before: PendingWrite | None = None, clocks: dict[int, int] | None = None
@@ -402,6 +411,32 @@ class StateStore:
         storing them. `clocks` moves partitions' clocks at least that far (a quiet partition,
         a sweep). Returns the windows and the write to store once this batch's outputs are
         acknowledged."""
+        return self.run(self.preview_call(batch, before, clocks))
+
+    def write(self, pending: PendingWrite) -> bool:
+        """Store a previewed batch (idempotent: storing it twice changes nothing). True when the
+        windows the preview computed were stored as they are, False when the events were
+        applied again (another writer touched the partitions, or undo records are kept)."""
+        return self.run(self.write_call(pending))
+
+    def run(self, call: ScriptCall[T]) -> T:
+        """One round trip for one call."""
+        return call.finish(self._execute(call.queue))
+
+    # -- the script calls, each to be queued into a pipeline (of this Redis or a Cluster node)
+    def apply_call(self, batch: EventBatch, clocks: dict[int, int] | None = None) -> ScriptCall[AppliedBatch]:
+        customers, customer_index, keys, args = self._script_call(batch, "rw", clocks)
+
+        def finish(replies: list[Any]) -> AppliedBatch:
+            if replies[0] == FENCED:
+                raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since")
+            return AppliedBatch.from_reply(customers, customer_index, replies[0])
+
+        return ScriptCall(lambda pipe: pipe.evalsha(self._apply.sha, len(keys), *keys, *args.argv()), 1, finish)
+
+    def preview_call(
+        self, batch: EventBatch, before: PendingWrite | None = None, clocks: dict[int, int] | None = None
+    ) -> ScriptCall[tuple[AppliedBatch, PendingWrite]]:
         customers, customer_index, keys, args = self._script_call(batch, "r", clocks)
 
         def queue(pipe: Pipeline) -> None:
@@ -409,27 +444,28 @@ class StateStore:
                 self._queue_write(pipe, before)
             pipe.evalsha(self._apply.sha, len(keys), *keys, *args.argv())
 
-        replies = self._execute(queue)
-        if before is not None and replies[0] == FENCED:
-            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
-        applied = AppliedBatch.from_reply(customers, customer_index, replies[-1])
-        extra = applied.customers[len(customers) :]
-        write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
-        # as far as the preview moved the clocks: a page of due silences can stop one short
-        moved = dict(zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True))
-        write_args = dataclasses.replace(args, mode="w", clocks=packed_clock_moves(EventBatch.empty(), moved))
-        # with undo records the write reads what it replaces anyway: it applies the events
-        read = None if self.keeps_undo else applied
-        return applied, PendingWrite(write_keys, write_args, read, self.capacity)
+        def finish(replies: list[Any]) -> tuple[AppliedBatch, PendingWrite]:
+            if before is not None and replies[0] == FENCED:
+                raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
+            applied = AppliedBatch.from_reply(customers, customer_index, replies[-1])
+            extra = applied.customers[len(customers) :]
+            write_keys = keys + [key for c in extra for key in (self.window_key(c), self.profile_key(c))]
+            # as far as the preview moved the clocks: a page of due silences can stop one short
+            moved = dict(zip(applied.clocks["partition"].tolist(), applied.clocks["c1"].tolist(), strict=True))
+            write_args = dataclasses.replace(args, mode="w", clocks=packed_clock_moves(EventBatch.empty(), moved))
+            # with undo records the write reads what it replaces anyway: it applies the events
+            read = None if self.keeps_undo else applied
+            return applied, PendingWrite(write_keys, write_args, read, self.capacity)
 
-    def write(self, pending: PendingWrite) -> bool:
-        """Store a previewed batch (idempotent: storing it twice changes nothing). True when the
-        windows the preview computed were stored as they are, False when the events were
-        applied again (another writer touched the partitions, or undo records are kept)."""
-        stored = self._execute(lambda pipe: self._queue_write(pipe, pending))[0]
-        if stored == FENCED:
-            raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
-        return bool(stored == 1)
+        return ScriptCall(queue, 1 + (before is not None), finish)
+
+    def write_call(self, pending: PendingWrite) -> ScriptCall[bool]:
+        def finish(replies: list[Any]) -> bool:
+            if replies[0] == FENCED:
+                raise Fenced(f"partitions {sorted(self.claims)}: claimed by another member since the batch was read")
+            return bool(replies[0] == 1)
+
+        return ScriptCall(lambda pipe: self._queue_write(pipe, pending), 1, finish)
 
     def tag_key(self) -> bytes:
         """The key of this state's event tags: the same for every member and every restart, so
@@ -467,8 +503,12 @@ class StateStore:
             except redis.exceptions.NoScriptError:
                 if attempt:
                     raise
-                self.client.script_load(self._apply.script)  # its sha is the script's own hash
+                self.load_scripts()
         raise AssertionError("unreachable")
+
+    def load_scripts(self) -> None:
+        """Load the batch script into a Redis that has not seen it (a restart, a new node)."""
+        self.client.script_load(self._apply.script)  # its sha is the script's own hash
 
     def _script_call(
         self, batch: EventBatch, mode: str, clocks: dict[int, int] | None = None

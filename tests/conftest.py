@@ -131,3 +131,112 @@ def silence_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small model trained long enough (about 25 s) that its churn risk grows with silence; its
     alert threshold is the best-F1 one, low enough that silence alerts come before the horizon."""
     return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32, alerts="f1")
+
+
+def _free_run(count: int, above: int = 0) -> int:
+    """The first of `count` consecutive free ports (and, with `above`, the same ports `above`
+    higher: a Redis node's cluster bus), from a random start."""
+    import random
+    import socket
+
+    def free(port: int) -> bool:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+        return True
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(20_000, 40_000)
+        if all(free(base + i) and (not above or free(base + above + i)) for i in range(count)):
+            return base
+    raise RuntimeError(f"no {count} consecutive free ports found")
+
+
+class ClusterStack:
+    """`deploy/stack up --cluster` in its own run directory and ports: 3 Kafka nodes and a
+    Redis Cluster of 3 masters with a replica each. `env`: the scorer settings it wrote."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.kafka_port = _free_run(6)
+        self.redis_port = _free_run(6, above=10_000)
+        self.stack_env = os.environ | {"SEQSCORE_STACK_DIR": str(run_dir),
+                                       "SEQSCORE_STACK_KAFKA_PORT": str(self.kafka_port),
+                                       "SEQSCORE_STACK_REDIS_PORT": str(self.redis_port)}
+        self.env: dict[str, str] = {}
+
+    def stack(self, *args: str) -> str:
+        result = subprocess.run([str(REPO / "deploy" / "stack"), *args], env=self.stack_env, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, f"deploy/stack {' '.join(args)}: {result.stderr[-3000:]}"
+        return result.stdout
+
+    def up(self, component: str = "") -> None:
+        self.stack("up", "--cluster", *([component] if component else []))
+        lines = (self.run_dir / "cluster.env").read_text().splitlines()
+        self.env = dict(line.split("=", 1) for line in lines if line.startswith("SEQSCORE_"))
+
+    def kill(self, node: str) -> None:
+        """SIGKILL one node (`kafka-2`, `redis-4`), as a crash would."""
+        import signal
+
+        os.kill(int((self.run_dir / f"{node}.pid").read_text()), signal.SIGKILL)
+
+    def kill_redis_master(self, partitions: int) -> int:
+        """SIGKILL the Redis master that owns the most events partitions' slots; returns once
+        its replica serves them. Returns the killed node's port."""
+        from redis.cluster import RedisCluster
+
+        from consumer.bench.harness import wait_for
+        from consumer.settings import cluster_seed_urls
+        from state.partitioned import partition_prefix
+
+        seeds = cluster_seed_urls(self.env["SEQSCORE_REDIS_URL"])
+        client = RedisCluster.from_url(seeds[0])
+        try:
+            owners = [client.get_node_from_key(partition_prefix("x", p)).port for p in range(partitions)]
+        finally:
+            client.close()
+        port = max(set(owners), key=owners.count)
+        self.kill(f"redis-{port - self.redis_port + 1}")
+
+        def promoted() -> bool:
+            import redis
+
+            for other in range(self.redis_port, self.redis_port + 6):
+                if other == port:
+                    continue
+                try:
+                    info = redis.Redis(port=other, socket_timeout=1).cluster("info")
+                except redis.RedisError:
+                    continue
+                return bool(info.get("cluster_state") == "ok")
+            return False
+
+        wait_for(promoted, timeout=60, interval=0.2, what="a replica promoted in the killed master's place")
+        return port
+
+
+@pytest.fixture(scope="session")
+def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
+    cluster = ClusterStack(tmp_path_factory.mktemp("cluster-stack"))
+    try:
+        cluster.up()
+        yield cluster
+    finally:
+        subprocess.run([str(REPO / "deploy" / "stack"), "wipe"], env=cluster.stack_env, capture_output=True,
+                       timeout=300)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(request: pytest.FixtureRequest) -> str:
+    """The `redis+cluster://` URL of a Redis Cluster: SEQSCORE_TEST_REDIS_CLUSTER's, or the
+    cluster stack's (started for the session)."""
+    named = os.environ.get("SEQSCORE_TEST_REDIS_CLUSTER")
+    if named:
+        return named
+    cluster: ClusterStack = request.getfixturevalue("cluster_stack")
+    return cluster.env["SEQSCORE_REDIS_URL"]

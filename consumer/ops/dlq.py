@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from consumer.clients import redis_client
+from consumer.clients import state_store
 from consumer.serve.emit import Emitter
 from consumer.settings import Settings
+from state.backend import Store
 from state.errors import ConfigError, KafkaUnavailable
 from state.events import InvalidReason
-from state.store import StateStore
 
 REASON_HEADER = "seqscore.reason"
 REPLAYED_FROM_HEADER = "seqscore.replayed-from"
@@ -181,7 +181,7 @@ def _reader_config(settings: Settings, quiet: dict[str, int]) -> dict[str, objec
     })
 
 
-def _erased_customers(store: StateStore, messages: list[Message]) -> set[str]:
+def _erased_customers(store: Store, messages: list[Message]) -> set[str]:
     """Those of the batch's customers whose state is an erasure tombstone."""
     return store.erased(sorted({key.decode("utf-8", "replace") for m in messages
                                 if m.error() is None and (key := m.key())}))
@@ -232,8 +232,7 @@ def replay(
     consumer = Consumer(_reader_config(settings, quiet))
     producer_config = settings.kafka_config(**quiet, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
     emitter = None if dry_run else Emitter(producer_config)
-    store = StateStore(redis_client(settings, "command"), settings.state.key_prefix,
-                       settings.state.window, 0, 1)
+    store = state_store(settings, "command", None, None)  # asked only which customers are erased
     report = ReplayReport(dry_run=dry_run)
     try:
         reading = _ReadUpToEnd(topic, _end_offsets(consumer, topic, settings.kafka_bootstrap))

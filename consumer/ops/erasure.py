@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+from state.backend import Store
 from state.errors import KafkaUnavailable
 from state.partitioning import java_partition
-from state.store import StateStore
 
 TIMEOUT_S = 10.0
 
 
-def erase_customer(store: StateStore, customer_id: str, consumer: Consumer, events_topic: str) -> int:
+def erase_customer(store: Store, customer_id: str, consumer: Consumer, events_topic: str) -> int:
     """Erase the customer's state; returns the number of keys that held data. The partition is
     the one of their newest stored event, else where a Java client puts their key."""
     try:

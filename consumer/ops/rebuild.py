@@ -29,9 +29,10 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from consumer.clients import state_store
 from consumer.serve.source import EventDecoder
 from consumer.settings import Settings
+from state.backend import Store
 from state.encoding import FeatureSpec
 from state.errors import ConfigError, KafkaUnavailable, SeqscoreError
-from state.store import STATUS_NAMES, StateStore
+from state.store import STATUS_NAMES
 from training.registry import Registry
 
 PROGRESS_EVERY_S = 1.0
@@ -206,7 +207,7 @@ def rebuild_state(
     return report
 
 
-def _apply(store: StateStore, decoder: EventDecoder, messages: list[Message], report: RebuildReport) -> None:
+def _apply(store: Store, decoder: EventDecoder, messages: list[Message], report: RebuildReport) -> None:
     decoded = decoder.decode(messages)
     report.records += len(messages)
     for _msg, reason, _detail in decoded.invalid:

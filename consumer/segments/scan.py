@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
@@ -19,6 +20,7 @@ from importlib import resources
 import numpy as np
 import redis
 from numpy.typing import NDArray
+from redis.cluster import RedisCluster
 
 from state.encoding import activity_code
 from state.layout import RECORD_DTYPE, STORED_HEADER_BYTES, STORED_HEADER_DTYPE, Keys
@@ -50,17 +52,17 @@ class Snapshot:
         return dataclasses.replace(self, last_codes=self.last_codes[:, self.last_codes.shape[1] - k :])
 
 
-def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
+def scan(client: redis.Redis | RedisCluster, prefix: str, last_k: int) -> Snapshot:
     """Header and last `last_k` records of every customer window, one script call per SCAN
-    page (state/scripts/window_tails.lua), parsed page by page into arrays."""
-    read_tails = client.register_script(resources.files("state").joinpath("scripts/window_tails.lua").read_text())
+    page (state/scripts/window_tails.lua), parsed page by page into arrays. On a Redis
+    Cluster every master is scanned, each page read in one pipeline of GETs on its node
+    (a script may not touch keys of several slots)."""
     ids: list[str] = []
     heads: list[NDArray[np.void]] = []
     codes: list[NDArray[np.uint32]] = []
     newest: list[NDArray[np.int64]] = []
     names = Keys(prefix)
-    for keys in _pages(client, names.windows):
-        values = read_tails(keys=keys, args=[STORED_HEADER_BYTES, last_k * RECORD_DTYPE.itemsize])
+    for keys, values in _tails(client, names, last_k):
         # gone since the SCAN, or an erased customer's tombstone (no events)
         kept = [(key, value) for key, value in zip(keys, values, strict=True)
                 if len(value) >= STORED_HEADER_BYTES and _has_events(value)]
@@ -90,6 +92,25 @@ def scan(client: redis.Redis, prefix: str, last_k: int) -> Snapshot:
 
 def _has_events(value: bytes) -> bool:
     return int(np.frombuffer(value[:STORED_HEADER_BYTES], STORED_HEADER_DTYPE)["count"][0]) > 0
+
+
+def _tails(client: redis.Redis | RedisCluster, names: Keys, last_k: int) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """Per SCAN page: its window keys and, per key, the header and newest records."""
+    tail_bytes = last_k * RECORD_DTYPE.itemsize
+    if isinstance(client, RedisCluster):
+        for node in client.get_primaries():
+            node_client = client.get_redis_connection(node)
+            for keys in _pages(node_client, names.partitioned_windows):
+                pipe = node_client.pipeline(transaction=False)
+                for key in keys:
+                    pipe.get(key)
+                values = [v if isinstance(v, bytes) else b"" for v in pipe.execute()]
+                yield keys, [v if len(v) <= STORED_HEADER_BYTES + tail_bytes
+                             else v[:STORED_HEADER_BYTES] + v[len(v) - tail_bytes :] for v in values]
+        return
+    read_tails = client.register_script(resources.files("state").joinpath("scripts/window_tails.lua").read_text())
+    for keys in _pages(client, names.windows):
+        yield keys, read_tails(keys=keys, args=[STORED_HEADER_BYTES, tail_bytes])
 
 
 def _pages(client: redis.Redis, pattern: str) -> list[list[bytes]]:

@@ -46,8 +46,9 @@ from consumer.serve.metrics import Metrics
 from consumer.serve.retry import RedisRetry
 from consumer.serve.source import next_offsets
 from consumer.settings import Settings
+from state.backend import Store
 from state.errors import Fenced, KafkaUnavailable
-from state.store import PendingWrite, StateStore
+from state.store import PendingWrite
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class Checkpoint:
         self._with_redis, self._assigned, self._resume = with_redis, assigned, resume
         self._stop_requested = stop_requested
         self.consumer: Consumer | None = None
-        self.store: StateStore | None = None
+        self.store: Store | None = None
         self.emitter: Emitter | None = None
         self.pending: Pending | None = None  # outputs produced, state and offsets not yet stored
         self.in_hand: list[Message] = []  # the batch being scored (not yet pending)
@@ -98,7 +99,7 @@ class Checkpoint:
         self.aborted = False  # exactly-once: a stored batch's transaction aborted; roll back, then replay
         self.delivery_retry_s = DELIVERY_RETRY_S[0]
 
-    def open(self, consumer: Consumer | None, store: StateStore, emitter: Emitter) -> None:
+    def open(self, consumer: Consumer | None, store: Store, emitter: Emitter) -> None:
         self.consumer, self.store, self.emitter = consumer, store, emitter
 
     def hold(self, write: PendingWrite | None, messages: list[Message]) -> None:

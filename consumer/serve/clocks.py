@@ -16,7 +16,8 @@ import numpy as np
 from confluent_kafka import Message
 
 from consumer.serve.retry import RedisRetry
-from state.store import AppliedBatch, EventBatch, PendingWrite, StateStore
+from state.backend import Store
+from state.store import AppliedBatch, EventBatch, PendingWrite
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ class Paging:
 
     def read_in_pages(
         self,
-        store: StateStore,
+        store: Store,
         with_redis: RedisRetry,
         read: tuple[AppliedBatch, EventBatch, list[str]],
         clocks: dict[int, int] | None,

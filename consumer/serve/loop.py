@@ -59,8 +59,9 @@ from consumer.serve.serving_model import ServingModel
 from consumer.serve.source import EventDecoder, poll_batch
 from consumer.serve.topics import dead_letter_limit, ensure_topics
 from consumer.settings import Settings
+from state.backend import Store
 from state.errors import Fenced
-from state.store import AppliedBatch, EventBatch, PendingWrite, StateStore
+from state.store import AppliedBatch, EventBatch, PendingWrite
 from training.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ class Scorer:
         self.registry = Registry(settings.registry)
         self.watcher = ModelWatcher(self.registry, self.metrics, settings.model)
         self.model = ServingModel(self.watcher, settings.outputs, self.metrics, self.health)
-        self.store: StateStore | None = None
+        self.store: Store | None = None
         self.consumer: Consumer | None = None
         self.clocks = PartitionClocks(settings.topics.events)
         self.paging = Paging(settings.topics.events)
@@ -134,10 +135,11 @@ class Scorer:
         self.profiles = ProfileFollower(s, self._new_store(), self.metrics)  # own connection, own thread
         self.profiles.start()
 
-    def _new_store(self) -> StateStore:
+    def _new_store(self) -> Store:
         runner = self.model.runner
         assert runner is not None
-        return state_store(self.settings, "serve", runner.spec.window, runner.horizon_days, serving=True)
+        return state_store(self.settings, "serve", runner.spec.window, runner.horizon_days, serving=True,
+                           on_unconfirmed=self.metrics.unconfirmed_writes.inc)
 
     def _read_dlq_limit(self) -> None:
         self._dlq_limit = dead_letter_limit(self.settings)
@@ -310,7 +312,7 @@ class Scorer:
         if out.updates is not None:
             write.set_updates(out.updates)
 
-    def open_offline(self) -> tuple[StateStore, Emitter]:
+    def open_offline(self) -> tuple[Store, Emitter]:
         """The model, the state and a producer, without joining the group (backfills)."""
         self.model.serve(self.watcher.load_current())
         self.store = self._new_store()

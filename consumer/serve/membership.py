@@ -30,7 +30,8 @@ from consumer.serve.metrics import Metrics
 from consumer.serve.retry import RedisRetry
 from consumer.serve.source import read_again_later
 from consumer.settings import Settings
-from state.store import EventBatch, StateStore
+from state.backend import Store
+from state.store import EventBatch
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class Membership:
         self._check_at, self._check_timeout_s = 0.0, CHECK_TIMEOUT_S[0]
         self._assignments = 0  # exactly-once assignments so far: a check that spans one starts over
         self.consumer: Consumer | None = None
-        self.store: StateStore | None = None
+        self.store: Store | None = None
         self._checkpoint: Checkpoint | None = None
         self._with_redis: RedisRetry | None = None
 
@@ -68,7 +69,7 @@ class Membership:
         """The objects that need this one to exist first (they pause and resume through it)."""
         self._checkpoint, self._with_redis = checkpoint, with_redis
 
-    def open(self, consumer: Consumer, store: StateStore) -> None:
+    def open(self, consumer: Consumer, store: Store) -> None:
         self.consumer, self.store = consumer, store
         consumer.subscribe([self.topic], on_assign=self.on_assign, on_revoke=self.on_revoke, on_lost=self.on_lost)
 

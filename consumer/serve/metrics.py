@@ -109,6 +109,12 @@ class Metrics:
             "seqscore_model_reloads_total", "Model versions loaded or refused.", ["result"], registry=r
         )
         self.redis_errors = Counter("seqscore_redis_errors_total", "Failed Redis calls (each retried).", registry=r)
+        self.unconfirmed_writes = Counter(
+            "seqscore_state_unconfirmed_writes_total",
+            "Redis Cluster: state writes (one per node and batch) that no replica confirmed in time; a failover "
+            "of that master before it replicates them would lose them.",
+            registry=r,
+        )
         self.kafka_errors = Counter(
             "seqscore_kafka_errors_total", "Kafka client errors, by kind.", ["kind"], registry=r
         )

@@ -21,14 +21,14 @@ from consumer.ops.erasure import erase_customer
 from consumer.serve.metrics import Metrics
 from consumer.serve.source import decode_profile, next_offsets, poll_batch, read_again_later
 from consumer.settings import Settings
+from state.backend import Store
 from state.events import DEFAULT_MAX_EVENT_BYTES, MAX_ID_CHARS
-from state.store import StateStore
 
 log = logging.getLogger(__name__)
 
 
 def apply_profiles(
-    store: StateStore,
+    store: Store,
     metrics: Metrics,
     messages: list[Message],
     erase: Callable[[str], object],
@@ -63,7 +63,7 @@ def apply_profiles(
 class ProfileFollower:
     """A daemon thread: poll profiles, write them to Redis, then store their offsets."""
 
-    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: Store, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer
 
 from consumer.bench.harness import PROBABILITY_TOLERANCE, ScorerProcess, assert_same_prediction, wait_for
 from consumer.bench.loadgen import StreamPlan, stream
+from consumer.clients import redis_client
 from consumer.settings import Settings, load_settings
 from state.layout import STORED_HEADER_BYTES, STORED_HEADER_DTYPE, Keys
 from training.simulate import SimulatedHistory
@@ -106,21 +107,57 @@ def redis_state(url: str, prefix: str) -> dict[str, object]:
     """Every key of the prefix: values, silence sets (member, score) and clocks. Not the undo
     records of exactly-once serving, the partitions' write versions nor their owner
     generations: they hold whatever the last batch replaced, how many writes and how many
-    assignments there were, and batches are cut and partitions moved differently in every run."""
-    client = redis.Redis.from_url(url)
+    assignments there were, and batches are cut and partitions moved differently in every run.
+    On a Redis Cluster (a `redis+cluster://` URL) each partition's keys carry `{pN}:` after
+    the prefix: it is left out of the names and the partitions' clocks are merged, so that
+    the state compares customer by customer with one Redis's."""
+    if "+cluster://" in url:
+        return _cluster_state(url, prefix)
+    return _state_of(redis.Redis.from_url(url), prefix, prefix)
+
+
+def _state_of(client: redis.Redis, match: str, prefix: str) -> dict[str, object]:
     keys = Keys(prefix)
     state: dict[str, object] = {}
-    for key in client.scan_iter(f"{prefix}:*"):
+    for key in client.scan_iter(f"{match}:*"):
         if key.startswith(keys.undo_prefix.encode()) or key in (keys.version.encode(), keys.owner.encode()):
             continue
         kind = client.type(key)
-        name = key.decode().split(":", 1)[1]
+        name = key.decode()[len(prefix) + 1 :]
         if kind == b"zset":
             state[name] = client.zrange(key, 0, -1, withscores=True)
         elif kind == b"hash":
             state[name] = client.hgetall(key)
         else:
             state[name] = client.get(key)
+    return state
+
+
+def _cluster_state(url: str, prefix: str) -> dict[str, object]:
+    from redis.cluster import RedisCluster
+
+    from consumer.settings import cluster_seed_urls
+
+    cluster = RedisCluster.from_url(cluster_seed_urls(url)[0])
+    state: dict[str, object] = {}
+    try:
+        for node in cluster.get_primaries():
+            client = cluster.get_redis_connection(node)
+            for name, value in _state_of(client, prefix, prefix).items():
+                if not name.startswith("{p"):
+                    state[name] = value
+                    continue
+                rest = name.partition("}:")[2]
+                if rest in ("version", "owner") or rest.startswith("undo:"):
+                    continue
+                if rest == "clock" and isinstance(value, dict):
+                    clocks = state.setdefault("clock", {})
+                    assert isinstance(clocks, dict)
+                    clocks.update(value)
+                else:
+                    state[rest] = value
+    finally:
+        cluster.close()
     return state
 
 
@@ -190,7 +227,7 @@ def scored_run(
         monkeypatch.setenv(key, value)
     settings = load_settings()
     # both runs tag events with one key, so that their windows compare byte for byte
-    redis.Redis.from_url(settings.redis_url).set(Keys(settings.state.key_prefix).tag_key, FAULT_RUNS_TAG_KEY)
+    redis_client(settings, "command").set(Keys(settings.state.key_prefix).tag_key, FAULT_RUNS_TAG_KEY)
     plan = StreamPlan(seed=5, rate=rate, **(HOSTILE_STREAM if hostile else {}))
     flowing = (streaming or Streaming()).flowing
     scorer = ScorerProcess(env, registry, logs / "scorer-0.log").start()
