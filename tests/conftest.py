@@ -133,26 +133,45 @@ def silence_registry(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _trained_registry(tmp_path_factory.mktemp("silence-registry"), 1500, 8, 32, alerts="f1")
 
 
-def _free_run(count: int, above: int = 0) -> int:
-    """The first of `count` consecutive free ports (and, with `above`, the same ports `above`
-    higher: a Redis node's cluster bus), from a random start."""
-    import random
+DEFAULT_STACK_PORTS = set(range(9092, 9098)) | set(range(6379, 6385)) | set(range(16379, 16385))
+
+
+def port_free(port: int) -> bool:
     import socket
 
-    def free(port: int) -> bool:
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                return False
-        return True
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_runs(*runs: tuple[int, int]) -> list[int]:
+    """For each (count, above): the first of `count` consecutive free ports, and with `above`
+    the same ports that much higher free too (a Redis node's cluster bus). All of them apart,
+    off the default stack's ports and below the ephemeral range, so that no client connection
+    takes one before the stack binds it."""
+    import random
 
     rng = random.Random()
     for _ in range(200):
-        base = rng.randrange(20_000, 40_000)
-        if all(free(base + i) and (not above or free(base + above + i)) for i in range(count)):
-            return base
-    raise RuntimeError(f"no {count} consecutive free ports found")
+        bases = [rng.randrange(10_000, 22_000) for _ in runs]
+        ports = [base + offset + i for base, (count, above) in zip(bases, runs, strict=True)
+                 for offset in {0, above} for i in range(count)]
+        if len(set(ports)) == len(ports) and not DEFAULT_STACK_PORTS & set(ports) and all(map(port_free, ports)):
+            return bases
+    raise AssertionError("no free ports for the stack")
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The NAME=value lines of an env file the stack wrote (secure.env, cluster.env)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            env[key] = value
+    return env
 
 
 class ClusterStack:
@@ -161,63 +180,97 @@ class ClusterStack:
 
     def __init__(self, run_dir: Path) -> None:
         self.run_dir = run_dir
-        self.kafka_port = _free_run(6)
-        self.redis_port = _free_run(6, above=10_000)
-        self.stack_env = os.environ | {"SEQSCORE_STACK_DIR": str(run_dir),
-                                       "SEQSCORE_STACK_KAFKA_PORT": str(self.kafka_port),
-                                       "SEQSCORE_STACK_REDIS_PORT": str(self.redis_port)}
+        self.kafka_base, self.redis_base = free_port_runs((6, 0), (6, 10_000))
+        self.stack_env = {k: v for k, v in os.environ.items() if k != "SEQSCORE_STACK_KAFKA_HEAP"} | {
+            "SEQSCORE_STACK_DIR": str(run_dir), "SEQSCORE_STACK_KAFKA_PORT": str(self.kafka_base),
+            "SEQSCORE_STACK_REDIS_PORT": str(self.redis_base)}
         self.env: dict[str, str] = {}
+        self.seen_pids: set[int] = set()  # every pid the stack's pid files named
+        self.first_up = subprocess.CompletedProcess[str]([], 1, "", "")  # what the first `up` printed
+        self.up_seconds = 0.0
 
-    def stack(self, *args: str) -> str:
-        result = subprocess.run([str(REPO / "deploy" / "stack"), *args], env=self.stack_env, capture_output=True,
-                                text=True, timeout=300)
-        assert result.returncode == 0, f"deploy/stack {' '.join(args)}: {result.stderr[-3000:]}"
-        return result.stdout
+    @property
+    def kafka_ports(self) -> list[int]:
+        return [self.kafka_base + 2 * i for i in range(3)]
 
-    def up(self, component: str = "") -> None:
-        self.stack("up", "--cluster", *([component] if component else []))
-        lines = (self.run_dir / "cluster.env").read_text().splitlines()
-        self.env = dict(line.split("=", 1) for line in lines if line.startswith("SEQSCORE_"))
+    @property
+    def redis_ports(self) -> list[int]:
+        return [self.redis_base + j for j in range(6)]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(f"127.0.0.1:{p}" for p in self.kafka_ports)
+
+    def stack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(REPO / "deploy" / "stack"), *args], capture_output=True, text=True,
+                              timeout=timeout, env=self.stack_env)
+
+    def up(self, component: str = "") -> subprocess.CompletedProcess[str]:
+        """`up --cluster` (everything not running, or one component); the settings it wrote."""
+        result = self.stack("up", "--cluster", *([component] if component else []))
+        assert result.returncode == 0, f"deploy/stack up --cluster {component}: {result.stderr[-3000:]}"
+        self.env = read_env_file(self.run_dir / "cluster.env")
+        self.pids()
+        return result
+
+    def pid(self, name: str) -> int:
+        pid = int((self.run_dir / f"{name}.pid").read_text())
+        self.seen_pids.add(pid)
+        return pid
+
+    def pids(self) -> dict[str, int]:
+        names = [f"kafka-{i}" for i in range(1, 4)] + [f"redis-{j}" for j in range(1, 7)]
+        return {name: self.pid(name) for name in names if (self.run_dir / f"{name}.pid").exists()}
 
     def kill(self, node: str) -> None:
         """SIGKILL one node (`kafka-2`, `redis-4`), as a crash would."""
         import signal
 
-        os.kill(int((self.run_dir / f"{node}.pid").read_text()), signal.SIGKILL)
+        os.kill(self.pid(node), signal.SIGKILL)
 
     def kill_redis_master(self, partitions: int) -> int:
         """SIGKILL the Redis master that owns the most events partitions' slots; returns once
         its replica serves them. Returns the killed node's port."""
+        import redis
         from redis.cluster import RedisCluster
 
         from consumer.bench.harness import wait_for
         from consumer.settings import cluster_seed_urls
         from state.partitioned import partition_prefix
 
-        seeds = cluster_seed_urls(self.env["SEQSCORE_REDIS_URL"])
-        client = RedisCluster.from_url(seeds[0])
+        client = RedisCluster.from_url(cluster_seed_urls(self.env["SEQSCORE_REDIS_URL"])[0])
         try:
             owners = [client.get_node_from_key(partition_prefix("x", p)).port for p in range(partitions)]
         finally:
             client.close()
         port = max(set(owners), key=owners.count)
-        self.kill(f"redis-{port - self.redis_port + 1}")
+        self.kill(f"redis-{port - self.redis_base + 1}")
 
         def promoted() -> bool:
-            import redis
-
-            for other in range(self.redis_port, self.redis_port + 6):
+            for other in self.redis_ports:
                 if other == port:
                     continue
                 try:
-                    info = redis.Redis(port=other, socket_timeout=1).cluster("info")
+                    return bool(redis.Redis(port=other, socket_timeout=1).cluster("info").get("cluster_state") == "ok")
                 except redis.RedisError:
                     continue
-                return bool(info.get("cluster_state") == "ok")
             return False
 
         wait_for(promoted, timeout=60, interval=0.2, what="a replica promoted in the killed master's place")
         return port
+
+    def stop(self) -> None:
+        """`down`, and SIGKILL for any process it left that still names the run directory."""
+        import signal
+
+        self.stack("down")
+        self.pids()
+        for pid in self.seen_pids:
+            try:
+                if str(self.run_dir) in Path(f"/proc/{pid}/cmdline").read_text():
+                    os.kill(pid, signal.SIGKILL)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
 
 
 @pytest.fixture(scope="session")
@@ -227,8 +280,7 @@ def cluster_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterS
         cluster.up()
         yield cluster
     finally:
-        subprocess.run([str(REPO / "deploy" / "stack"), "wipe"], env=cluster.stack_env, capture_output=True,
-                       timeout=300)
+        cluster.stop()
 
 
 @pytest.fixture(scope="session")

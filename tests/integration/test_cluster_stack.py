@@ -8,14 +8,10 @@ a test fails."""
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -25,45 +21,29 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Partiti
 from redis.cluster import ClusterNode, RedisCluster
 
 from consumer.bench.harness import wait_for
-from tests.conftest import REPO
+from tests.conftest import ClusterStack, read_env_file
 
 pytestmark = pytest.mark.slow
 
-STACK = str(REPO / "deploy" / "stack")
 TOOLS = {"java": "openjdk-17-jre-headless", "redis-server": "redis-server", "redis-cli": "redis-tools"}
-DEFAULT_PORTS = set(range(9092, 9098)) | set(range(6379, 6385)) | set(range(16379, 16385))
 TOPIC = "cluster-check"
 
 
-def port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_bases() -> tuple[int, int]:
-    """A Kafka base with its 6 ports free and a Redis base with its 6 ports and their cluster bus
-    ports (+10000) free, all below the ephemeral range so that no client connection takes one."""
-    rng = random.Random()
-    for _ in range(200):
-        kafka, redis_base = rng.randrange(10_000, 22_000), rng.randrange(10_000, 22_000)
-        ports = [kafka + i for i in range(6)] + [redis_base + i for i in range(6)]
-        ports += [redis_base + 10_000 + i for i in range(6)]
-        if len(set(ports)) == len(ports) and not DEFAULT_PORTS & set(ports) and all(map(port_free, ports)):
-            return kafka, redis_base
-    raise AssertionError("no free ports for the cluster stack")
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
+    missing = [f"{tool} ({package})" for tool, package in TOOLS.items() if shutil.which(tool) is None]
+    if missing:
+        pytest.fail(f"the cluster stack needs {', '.join(missing)}: run deploy/install-deps (as root) to install them")
+    stack = ClusterStack(tmp_path_factory.mktemp("cluster-stack"))
+    try:
+        started = time.monotonic()
+        stack.first_up = stack.stack("up", "--cluster")
+        stack.up_seconds = time.monotonic() - started
+        assert stack.first_up.returncode == 0, f"deploy/stack up --cluster failed:\n{stack.first_up.stderr[-4000:]}"
+        stack.pids()
+        yield stack
+    finally:
+        stack.stop()
 
 
 def alive(pid: int) -> bool:
@@ -73,75 +53,13 @@ def alive(pid: int) -> bool:
         return False
 
 
-@dataclass
-class ClusterStack:
-    run_dir: Path
-    stack_env: dict[str, str]  # deploy/stack's own variables: this stack's ports and directory
-    kafka_base: int
-    redis_base: int
-    up: subprocess.CompletedProcess[str]  # what the first `deploy/stack up --cluster` printed
-    up_seconds: float = 0.0
-    seen_pids: set[int] = field(default_factory=set)  # every pid the stack's pid files named
-
-    @property
-    def kafka_ports(self) -> list[int]:
-        return [self.kafka_base + 2 * i for i in range(3)]
-
-    @property
-    def redis_ports(self) -> list[int]:
-        return [self.redis_base + j for j in range(6)]
-
-    @property
-    def bootstrap(self) -> str:
-        return ",".join(f"127.0.0.1:{p}" for p in self.kafka_ports)
-
-    def stack(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([STACK, *args], capture_output=True, text=True, timeout=timeout, env=self.stack_env)
-
-    def pid(self, name: str) -> int:
-        pid = int((self.run_dir / f"{name}.pid").read_text())
-        self.seen_pids.add(pid)
-        return pid
-
-    def pids(self) -> dict[str, int]:
-        names = [f"kafka-{i}" for i in range(1, 4)] + [f"redis-{j}" for j in range(1, 7)]
-        return {name: self.pid(name) for name in names if (self.run_dir / f"{name}.pid").exists()}
-
-    def node(self, port: int) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
-
-    def cluster_client(self) -> RedisCluster:
-        return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in self.redis_ports[:3]],
-                            decode_responses=True, socket_timeout=5)
+def node(port: int) -> redis.Redis:
+    return redis.Redis(host="127.0.0.1", port=port, socket_timeout=5, decode_responses=True)
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterStack]:
-    missing = [f"{tool} ({package})" for tool, package in TOOLS.items() if shutil.which(tool) is None]
-    if missing:
-        pytest.fail(f"the cluster stack needs {', '.join(missing)}: run deploy/install-deps (as root) to install them")
-    run_dir = tmp_path_factory.mktemp("cluster-stack")
-    kafka_base, redis_base = free_bases()
-    stack_env = dict(os.environ) | {"SEQSCORE_STACK_DIR": str(run_dir), "SEQSCORE_STACK_KAFKA_PORT": str(kafka_base),
-                                    "SEQSCORE_STACK_REDIS_PORT": str(redis_base)}
-    stack_env.pop("SEQSCORE_STACK_KAFKA_HEAP", None)
-    stack = ClusterStack(run_dir, stack_env, kafka_base, redis_base, subprocess.CompletedProcess([], 1, "", ""))
-    try:
-        started = time.monotonic()
-        stack.up = stack.stack("up", "--cluster")
-        stack.up_seconds = time.monotonic() - started
-        assert stack.up.returncode == 0, f"deploy/stack up --cluster failed:\n{stack.up.stderr[-4000:]}"
-        stack.pids()
-        yield stack
-    finally:
-        stack.stack("down")
-        stack.pids()
-        for pid in stack.seen_pids:  # never a leftover, even when `down` failed
-            try:
-                if alive(pid) and str(run_dir) in Path(f"/proc/{pid}/cmdline").read_text():
-                    os.kill(pid, signal.SIGKILL)
-            except (FileNotFoundError, ProcessLookupError):
-                pass
+def cluster_client(cluster: ClusterStack) -> RedisCluster:
+    return RedisCluster(startup_nodes=[ClusterNode("127.0.0.1", p) for p in cluster.redis_ports[:3]],
+                        decode_responses=True, socket_timeout=5)
 
 
 def status_lines(stack: ClusterStack) -> tuple[int, dict[str, str]]:
@@ -176,8 +94,8 @@ def test_up_cluster_lists_every_process_and_writes_the_settings(cluster: Cluster
         "SEQSCORE_TOPICS__REPLICATION_FACTOR": "3",
         "SEQSCORE_REDIS_URL": f"redis+cluster://{redis_seeds}/0",
     }
-    assert f"set -a; . {env_file}; set +a" in cluster.up.stdout
-    assert f"SEQSCORE_KAFKA_BOOTSTRAP={cluster.bootstrap}" in cluster.up.stdout
+    assert f"set -a; . {env_file}; set +a" in cluster.first_up.stdout
+    assert f"SEQSCORE_KAFKA_BOOTSTRAP={cluster.bootstrap}" in cluster.first_up.stdout
 
     ids = {(cluster.run_dir / f"kafka-{i}" / "data" / "meta.properties").read_text().split("cluster.id=")[1].split()[0]
            for i in range(1, 4)}
@@ -239,7 +157,7 @@ def partition(cluster: ClusterStack, topic: str) -> PartitionMetadata:
 
 def slot_master(cluster: ClusterStack, port: int, slot: int) -> int:
     """The port of the master serving this slot, as the node on `port` sees it."""
-    slots = cluster.node(port).execute_command("CLUSTER", "SLOTS")
+    slots = node(port).execute_command("CLUSTER", "SLOTS")
     return next(int(entry[2][1]) for entry in slots if entry[0] <= slot <= entry[1])
 
 
@@ -256,7 +174,7 @@ def test_kafka_takes_acks_all_writes_on_three_replicas(cluster: ClusterStack) ->
 
 
 def test_redis_cluster_serves_every_slot_range(cluster: ClusterStack) -> None:
-    client = cluster.cluster_client()
+    client = cluster_client(cluster)
     keys = {f"key-{n}": str(n) for n in range(200)}
     for key, value in keys.items():
         client.set(key, value)
@@ -266,10 +184,10 @@ def test_redis_cluster_serves_every_slot_range(cluster: ClusterStack) -> None:
     info = client.cluster_info(target_nodes=RedisCluster.RANDOM)
     assert info["cluster_state"] == "ok" and int(info["cluster_size"]) == 3 and int(info["cluster_known_nodes"]) == 6
     for port in cluster.redis_ports:
-        role = cluster.node(port).execute_command("ROLE")
+        role = node(port).execute_command("ROLE")
         if role[0] == "master":
             assert len(role[2]) == 1, f"the master on {port} has one replica"
-            cluster.node(port).wait(1, 5000)  # the replica has every write before anything is killed
+            node(port).wait(1, 5000)  # the replica has every write before anything is killed
     client.close()
 
 
@@ -279,7 +197,7 @@ def test_a_killed_kafka_node_and_redis_master_are_survived_and_restarted(cluster
     kafka_node = f"kafka-{leader}"
     os.kill(cluster.pid(kafka_node), signal.SIGKILL)
     # Redis: the master of key-0's slot dies; its replica takes over its slots
-    client = cluster.cluster_client()
+    client = cluster_client(cluster)
     slot = client.keyslot("key-0")
     client.close()
     master_port = slot_master(cluster, cluster.redis_ports[0], slot)
@@ -290,12 +208,12 @@ def test_a_killed_kafka_node_and_redis_master_are_survived_and_restarted(cluster
     survivor = next(p for p in cluster.redis_ports if p != master_port)
 
     def failed_over() -> bool:
-        return (cluster.node(survivor).cluster("INFO")["cluster_state"] == "ok"
+        return (node(survivor).cluster("INFO")["cluster_state"] == "ok"
                 and slot_master(cluster, survivor, slot) != master_port)
 
     wait_for(failed_over, timeout=60, interval=0.2, what="the Redis replica promoted")
     redis_seconds = time.monotonic() - killed
-    client = cluster.cluster_client()
+    client = cluster_client(cluster)
     keys = {f"key-{n}": str(n) for n in range(200)}
     assert {key: client.get(key) for key in keys} == keys, "the promoted replica serves the killed master's keys"
     client.set("key-0", "after")

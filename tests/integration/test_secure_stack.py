@@ -25,7 +25,7 @@ from consumer.bench.harness import free_port, predictions_by_event, read_topic, 
 from consumer.bench.loadgen import StreamPlan, event_values, stream
 from consumer.settings import load_settings
 from state.store import StateStore
-from tests.conftest import REPO, names_of
+from tests.conftest import REPO, names_of, read_env_file
 from training.simulate import simulate
 
 pytestmark = pytest.mark.slow
@@ -33,15 +33,6 @@ pytestmark = pytest.mark.slow
 STACK = str(REPO / "deploy" / "stack")
 TOOLS = {"java": "openjdk-17-jre-headless", "redis-server": "redis-server", "redis-cli": "redis-tools",
          "openssl": "openssl"}
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    env = {}
-    for line in path.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            env[key] = value
-    return env
 
 
 @dataclass
