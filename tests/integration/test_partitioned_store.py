@@ -171,3 +171,37 @@ def test_the_segments_scan_of_a_cluster_equals_one_redis(stores: tuple[StateStor
     assert [on_one.customer_ids[i] for i in order_one] == [on_cluster.customer_ids[i] for i in order_cluster]
     for name in ("last_codes", "count", "last_ts", "pred_code"):
         assert (getattr(on_one, name)[order_one] == getattr(on_cluster, name)[order_cluster]).all(), name
+
+
+@pytest.mark.timeout(600)  # the cluster's start may fall into this test's setup
+def test_a_rebuild_into_the_cluster_equals_a_rebuild_into_one_redis(
+    test_env: dict[str, str], redis_cluster: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`seqscore state rebuild` from one topic into one Redis and into the cluster: the same
+    windows, quiet sets and clocks, customer by customer."""
+    from confluent_kafka import Producer
+
+    from consumer.bench.loadgen import event_values
+    from consumer.clients import redis_client
+    from consumer.ops.rebuild import rebuild_state
+    from consumer.serve.topics import ensure_topics
+    from consumer.settings import load_settings
+    from tests.faults.runs import redis_state
+
+    settings = load_settings()
+    ensure_topics(settings)  # the test's topics, 4 partitions each
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+    for key, value in event_values(simulate(40, seed=9)):
+        producer.produce(settings.topics.events, key=key, value=value)
+    assert producer.flush(30) == 0
+    states = []
+    for url in (settings.redis_url, redis_cluster):
+        monkeypatch.setenv("SEQSCORE_REDIS_URL", url)
+        target = load_settings()
+        tag_key = f"{target.state.key_prefix}:tag-key"
+        # both tag events with one key, so that their windows compare byte for byte
+        redis_client(target, "command").set(tag_key, b"rebuild-tag-key!")
+        report = rebuild_state(target, target.topics.events, progress=None)
+        assert report.events > 100 and len(report.status) >= 1, report
+        states.append(redis_state(url, target.state.key_prefix))
+    assert states[1] == states[0]
