@@ -52,6 +52,14 @@ TOPOLOGY_ERRORS = (
     redis.TimeoutError,
     redis.exceptions.ResponseError,
 )
+# redis-py parses these replies into their own classes, whose text drops the reply's first
+# word ("MOVED 15882 host:port" becomes "15882 host:port"): matched by class, not by text
+CLUSTER_REPLIES = (
+    redis.exceptions.AskError,  # and MovedError
+    redis.exceptions.ClusterDownError,  # and MasterDownError
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ReadOnlyError,
+)
 NON_LOCAL = ("non local key", "MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN", "READONLY", "MASTERDOWN", "LOADING")
 
 
@@ -365,7 +373,8 @@ class PartitionedStore:
             self._refresh(exc)
             raise TopologyChanged(f"Redis Cluster slot moved: {exc}") from exc
         except TOPOLOGY_ERRORS as exc:
-            if isinstance(exc, redis.exceptions.ResponseError) and not str(exc).startswith(NON_LOCAL):
+            if (isinstance(exc, redis.exceptions.ResponseError) and not isinstance(exc, CLUSTER_REPLIES)
+                    and not str(exc).startswith(NON_LOCAL)):
                 raise
             self._refresh(exc)
             raise TopologyChanged(f"Redis Cluster topology changed: {exc}") from exc

@@ -72,7 +72,7 @@ def test_two_scorers_on_the_cluster_lose_nothing_when_a_broker_a_redis_master_an
     run on the single-node stack ends: predictions, alerts, and state customer by customer
     (the cluster's keys carry their partition's hash tag; tests/faults/runs.py leaves it out).
     Under exactly-once a read_committed consumer sees each prediction once."""
-    history = simulate(200, seed=48)  # 2,486 events: 83 s at 30 a second, through all three failures
+    history = simulate(300, seed=48)  # 3,888 events: 97 s at 40 a second, through all three failures
     logs = tmp_path / "faulted"
     env = test_env | cluster_stack.env | {"SEQSCORE_KAFKA__SESSION_TIMEOUT_MS": "6000",
                                           "SEQSCORE_PROCESSING_GUARANTEE": guarantee,
@@ -105,15 +105,15 @@ def test_two_scorers_on_the_cluster_lose_nothing_when_a_broker_a_redis_master_an
             return [a]
         finally:
             progress.stop()
-            if b.process is not None and b.process.poll() is None and "scorer" in stalls:
-                b.process.kill()
+            if b.process is not None and b.process.poll() is None:
+                b.process.kill()  # on success already killed by the third fault; never left running
 
     for name in ("clean", "faulted"):
         (tmp_path / name).mkdir()
     clean = scored_run(variant(test_env, unique, "c"), tiny_registry, history, tmp_path / "clean", monkeypatch,
                        rate=0)
     faulted = scored_run(variant(env, unique, "f"), tiny_registry, history, logs, monkeypatch,
-                         fault=failures, rate=30, streaming=streaming)
+                         fault=failures, rate=40, streaming=streaming)
     assert_same_outcome(clean, faulted, history)
     if guarantee == "exactly_once":
         repeated = {event: len(seen) for event, seen in faulted.predictions.items() if len(seen) != 1}
